@@ -1,0 +1,58 @@
+"""The one place the math asks which namespace and device its inputs live on.
+
+The rest of the library never imports an array library: it calls
+``namespace_of(...)`` and uses the namespace it gets back.
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+
+from .errors import BackendMismatchError, DTypeError
+
+
+def describe_array(x) -> str:
+    """A short human label such as ``numpy array on cpu`` for error messages."""
+    module = type(x).__module__.split(".")[0]
+    try:
+        where = array_api_compat.device(x)
+    except Exception:  # noqa: BLE001 - a label must never raise
+        where = "?"
+    return f"{module} array on {where}"
+
+
+def namespace_of(*arrays, names: tuple[str, ...] | None = None):
+    """Return the array-API namespace shared by ``arrays`` (``None`` entries skipped).
+
+    Raises ``BackendMismatchError`` naming both sides when the arrays come from
+    different libraries or sit on different devices, and ``TypeError`` when an
+    argument is not an array at all (a list, a scalar).
+    """
+    present = [(i, a) for i, a in enumerate(arrays) if a is not None]
+    labels = names or tuple(f"argument {i}" for i in range(len(arrays)))
+    for i, a in present:
+        if not array_api_compat.is_array_api_obj(a):
+            raise DTypeError(
+                f"{labels[i]} must be an array, got {type(a).__name__}; "
+                "convert it first, e.g. portacnn.to_device(numpy.asarray(value), 'numpy')"
+            )
+    first_index, first = present[0]
+    first_ns = array_api_compat.array_namespace(first)
+    first_device = array_api_compat.device(first)
+    for i, a in present[1:]:
+        ns = array_api_compat.array_namespace(a)
+        if ns is not first_ns or array_api_compat.device(a) != first_device:
+            raise BackendMismatchError(
+                f"{labels[first_index]} is a {describe_array(first)} but {labels[i]} is a "
+                f"{describe_array(a)}; move both to one place first, e.g. "
+                "model.to(spec) and portacnn.to_device(batch, spec)"
+            )
+    return first_ns
+
+
+def device_of(x):
+    return array_api_compat.device(x)
+
+
+def is_floating(xp, x) -> bool:
+    return xp.isdtype(x.dtype, "real floating")
