@@ -1,0 +1,121 @@
+"""JAX: devices named ``platform:id`` as JAX reports them (``cpu:0``, ``gpu:0``).
+
+Loading jax here turns on ``jax_enable_x64``. That is the one piece of global
+state portacnn changes: portacnn supports float64 models, and without x64 JAX
+silently turns every float64 array into float32 (and int64 into int32).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy
+
+from ._base import lookup_device, version_of
+
+name = "jax"
+install_hint = "pip install jax (or jax[cuda12] for NVIDIA GPUs)"
+mutable_arrays = False  # JAX arrays are immutable: updates return new arrays
+
+
+@functools.cache
+def _jax():
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # see the module docstring
+    return jax
+
+
+def is_available() -> bool:
+    try:
+        _jax()
+    except Exception:  # noqa: BLE001 - a broken install counts as unavailable
+        return False
+    return True
+
+
+def version() -> str:
+    return version_of(_jax())
+
+
+def namespace():
+    import jax.numpy
+
+    _jax()  # make sure x64 is on before anyone builds arrays
+    return jax.numpy
+
+
+def _all_devices() -> list:
+    # jax.devices() lists only the default platform (the GPU where there is
+    # one); add the CPU so jax:cpu:0 stays reachable next to a GPU.
+    jax = _jax()
+    found = list(jax.devices())
+    try:
+        found += [d for d in jax.devices("cpu") if d not in found]
+    except RuntimeError:  # no cpu platform in this jax build
+        pass
+    return found
+
+
+def device_label(device) -> str:
+    return f"{device.platform}:{device.id}"
+
+
+def device_names() -> list[str]:
+    return [device_label(d) for d in _all_devices()]
+
+
+def parse_device(text: str | None):
+    devices = _all_devices()
+    if text is None:
+        return devices[0]  # jax.devices()[0], where JAX puts new arrays
+    # A bare platform ("cpu", "gpu", or "cuda" as torch users write it) means
+    # its first device.
+    aliases = {}
+    for d in reversed(devices):
+        aliases[d.platform] = d
+    if "gpu" in aliases:
+        aliases["cuda"] = aliases["gpu"]
+    return lookup_device(name, text, {device_label(d): d for d in devices}, aliases)
+
+
+def owns(x) -> bool:
+    import array_api_compat
+
+    return array_api_compat.is_jax_array(x)
+
+
+def device_of(x):
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+def from_host(host: numpy.ndarray, device):
+    return _jax().device_put(host, device)
+
+
+def to_host(x) -> numpy.ndarray:
+    # numpy.asarray would return a read-only view of JAX's buffer; copy instead.
+    return numpy.array(x, copy=True)
+
+
+def exports_dlpack(x) -> bool:
+    return True  # jax arrays are always dense
+
+
+def synchronize(device) -> None:
+    """JAX has no per-device barrier: this waits only for pending effects.
+
+    For honest timing, wait on the result arrays instead (``wait``), which is
+    what ``portacnn.backends.synchronize(array)`` does.
+    """
+    _jax().effects_barrier()
+
+
+def wait(x) -> None:
+    x.block_until_ready()
+
+
+def supports_float64(device) -> bool:
+    return True  # x64 is enabled when this module loads jax

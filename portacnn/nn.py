@@ -1,0 +1,488 @@
+"""Layers with ``forward`` and ``backward``, named as a PyTorch user expects.
+
+A layer keeps what its backward needs from the last forward (its input),
+``backward(grad)`` returns the gradient with respect to that input and adds
+the parameter gradients to ``param.grad``. Parameters are small holders whose
+``data`` is *rebound* by optimizers, never written in place.
+
+Parameters are drawn on the host from a seeded ``numpy.random.Generator`` and
+then moved to the backend, so one seed gives bit-identical weights everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from . import functional as F
+from ._arrays import namespace_of
+from .backends import parse_spec, placement_of, to_device, to_numpy
+from .errors import CheckpointError, ShapeError
+
+__all__ = [
+    "Parameter", "Buffer", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "Linear",
+    "ReLU", "Sigmoid", "Tanh", "Flatten", "Dropout", "BatchNorm2d", "Sequential", "CrossEntropyLoss",
+]
+
+
+class Parameter:
+    """A trainable array (``data``) and its accumulated gradient (``grad``, or None)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+class Buffer:
+    """A non-trainable array saved with the model (e.g. batch-norm running statistics)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+
+def _as_generator(rng) -> numpy.random.Generator:
+    if isinstance(rng, numpy.random.Generator):
+        return rng
+    return numpy.random.default_rng(rng)
+
+
+def _host_dtype(dtype) -> numpy.dtype:
+    resolved = numpy.dtype(dtype)
+    if resolved not in (numpy.float32, numpy.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return resolved
+
+
+class Module:
+    """Base class: parameter discovery, train/eval, state dicts and device moves.
+
+    Parameters, buffers and child modules are found among the instance
+    attributes, in the order they were assigned, so a layer simply does
+    ``self.weight = Parameter(...)``.
+    """
+
+    training = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+    # -- discovery ---------------------------------------------------------
+
+    def _named_members(self, kind, prefix=""):
+        for name, value in vars(self).items():
+            if isinstance(value, kind):
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value._named_members(kind, f"{prefix}{name}.")
+
+    def named_parameters(self):
+        return list(self._named_members(Parameter))
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        return list(self._named_members(Buffer))
+
+    def modules(self):
+        yield self
+        for value in vars(self).values():
+            if isinstance(value, Module):
+                yield from value.modules()
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True):
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- placement ---------------------------------------------------------
+
+    def to(self, spec=None, dtype=None):
+        """Move (and optionally cast) every parameter and buffer; returns ``self``.
+
+        ``spec`` is a backend specifier such as ``"numpy"``, ``"cupy:0"`` or
+        ``"torch:cuda:0"``; None means ``PORTACNN_BACKEND`` or numpy.
+        """
+        placement = parse_spec(spec)
+        cast = None if dtype is None else _host_dtype(dtype)
+        for holder in self.parameters() + [b for _, b in self.named_buffers()]:
+            data = holder.data
+            if cast is not None and numpy.dtype(to_numpy_dtype_name(data)) != cast:
+                data = to_device(to_numpy(data).astype(cast), placement)
+            holder.data = to_device(data, placement)
+            if isinstance(holder, Parameter) and holder.grad is not None:
+                holder.grad = to_device(holder.grad, placement)
+        return self
+
+    # -- state -------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Parameters and buffers by dotted name, as arrays on the model's backend."""
+        state = {name: p.data for name, p in self.named_parameters()}
+        state.update({name: b.data for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays (any backend, e.g. NumPy from a checkpoint) into this model.
+
+        Names and shapes must match exactly; every mismatch is listed in one
+        error. Arrays are moved to each parameter's current device and cast to
+        its dtype.
+        """
+        own = dict(self.named_parameters())
+        own.update(self.named_buffers())
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        mis_shaped = [
+            f"{name}: checkpoint {tuple(state[name].shape)} vs model {tuple(own[name].data.shape)}"
+            for name in own
+            if name in state and tuple(state[name].shape) != tuple(own[name].data.shape)
+        ]
+        problems = []
+        if missing:
+            problems.append(f"missing: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected: {', '.join(unexpected)}")
+        if mis_shaped:
+            problems.append(f"wrong shape: {'; '.join(mis_shaped)}")
+        if problems:
+            raise CheckpointError(
+                "state dict does not fit this model (" + " | ".join(problems)
+                + "); was it saved from a different architecture?"
+            )
+        for name, holder in own.items():
+            dtype = numpy.dtype(to_numpy_dtype_name(holder.data))
+            value = to_numpy(state[name]).astype(dtype, copy=False)
+            holder.data = to_device(value, placement_of(holder.data))
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        children = [(n, m) for n, m in vars(self).items() if isinstance(m, Module)]
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in children]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def to_numpy_dtype_name(array) -> str:
+    """The dtype of any backend's array as a NumPy dtype name (``"float32"``)."""
+    return str(array.dtype).rsplit(".", 1)[-1]
+
+
+def _new_parameter(host_array, dtype, device):
+    return Parameter(to_device(host_array.astype(_host_dtype(dtype)), parse_spec(device)))
+
+
+def _he_normal(rng, shape, fan_in):
+    return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+
+
+def _glorot_uniform(rng, shape, fan_in, fan_out):
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape)
+
+
+def _init_weight(rng, shape, fan_in, fan_out, init):
+    if init == "he":
+        return _he_normal(rng, shape, fan_in)
+    if init == "glorot":
+        return _glorot_uniform(rng, shape, fan_in, fan_out)
+    raise ValueError(f"init must be 'he' (before ReLU) or 'glorot' (before sigmoid/tanh/softmax), got {init!r}")
+
+
+def _require_input(module, attribute: str):
+    value = getattr(module, attribute)
+    if value is None:
+        raise RuntimeError(f"{type(module).__name__}.backward called before forward")
+    return value
+
+
+# --------------------------------------------------------------------------
+# layers with parameters
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
+                 *, init="he", rng=None, dtype="float32", device=None):
+        kernel = F._pair(kernel_size, "kernel_size", minimum=1)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
+        self.stride = F._pair(stride, "stride", minimum=1)
+        self.padding = F._pair(padding, "padding", minimum=0)
+        self.dilation = F._pair(dilation, "dilation", minimum=1)
+        generator = _as_generator(rng)
+        fan_in, fan_out = in_channels * kernel[0] * kernel[1], out_channels * kernel[0] * kernel[1]
+        shape = (out_channels, in_channels, *kernel)
+        self.weight = _new_parameter(_init_weight(generator, shape, fan_in, fan_out, init), dtype, device)
+        self.bias = _new_parameter(numpy.zeros(out_channels), dtype, device) if bias else None
+        self._input = None
+
+    def _options(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+
+    def forward(self, x):
+        self._input = x
+        return F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, **self._options())
+
+    def backward(self, grad):
+        grad_x, grad_weight, grad_bias = F.conv2d_backward(
+            grad, _require_input(self, "_input"), self.weight.data, **self._options())
+        _accumulate(self.weight, grad_weight)
+        if self.bias is not None:
+            _accumulate(self.bias, grad_bias)
+        return grad_x
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}")
+
+
+class Linear(Module):
+    def __init__(self, in_features, out_features, bias=True, *, init="he", rng=None, dtype="float32", device=None):
+        self.in_features, self.out_features = in_features, out_features
+        generator = _as_generator(rng)
+        weight = _init_weight(generator, (out_features, in_features), in_features, out_features, init)
+        self.weight = _new_parameter(weight, dtype, device)
+        self.bias = _new_parameter(numpy.zeros(out_features), dtype, device) if bias else None
+        self._input = None
+
+    def forward(self, x):
+        self._input = x
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+
+    def backward(self, grad):
+        grad_x, grad_weight, grad_bias = F.linear_backward(grad, _require_input(self, "_input"), self.weight.data)
+        _accumulate(self.weight, grad_weight)
+        if self.bias is not None:
+            _accumulate(self.bias, grad_bias)
+        return grad_x
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _accumulate(parameter: Parameter, grad) -> None:
+    parameter.grad = grad if parameter.grad is None else parameter.grad + grad
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over (N, H, W) per channel, with running statistics for eval."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, dtype="float32", device=None):
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = _new_parameter(numpy.ones(num_features), dtype, device) if affine else None
+        self.bias = _new_parameter(numpy.zeros(num_features), dtype, device) if affine else None
+        placement = parse_spec(device)
+        host_dtype = _host_dtype(dtype)
+        self.running_mean = Buffer(to_device(numpy.zeros(num_features, dtype=host_dtype), placement))
+        self.running_var = Buffer(to_device(numpy.ones(num_features, dtype=host_dtype), placement))
+        self._input = None
+        self._trained_on_batch = True
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ShapeError(f"BatchNorm2d expects (N, C, H, W) input, got shape {tuple(x.shape)}")
+        self._input, self._trained_on_batch = x, self.training
+        y, self.running_mean.data, self.running_var.data = F.batch_norm(
+            x, self.running_mean.data, self.running_var.data,
+            None if self.weight is None else self.weight.data, None if self.bias is None else self.bias.data,
+            training=self.training, momentum=self.momentum, eps=self.eps)
+        return y
+
+    def backward(self, grad):
+        grad_x, grad_weight, grad_bias = F.batch_norm_backward(
+            grad, _require_input(self, "_input"), self.running_mean.data, self.running_var.data,
+            None if self.weight is None else self.weight.data, training=self._trained_on_batch, eps=self.eps)
+        if self.weight is not None:
+            _accumulate(self.weight, grad_weight)
+            _accumulate(self.bias, grad_bias)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
+
+
+# --------------------------------------------------------------------------
+# layers without parameters
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self._input = None
+
+    def forward(self, x):
+        self._input = x
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, grad):
+        return F.max_pool2d_backward(grad, _require_input(self, "_input"), self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool2d(MaxPool2d):
+    def forward(self, x):
+        self._input = x
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, grad):
+        return F.avg_pool2d_backward(grad, _require_input(self, "_input"), self.kernel_size, self.stride, self.padding)
+
+
+class LPPool2d(Module):
+    """Power-mean pooling (see ``functional.lp_pool2d``); p=1 is average, p=inf is max pooling."""
+
+    def __init__(self, norm_type, kernel_size, stride=None):
+        self.norm_type, self.kernel_size, self.stride = norm_type, kernel_size, stride
+        self._input = None
+
+    def forward(self, x):
+        self._input = x
+        return F.lp_pool2d(x, self.norm_type, self.kernel_size, self.stride)
+
+    def backward(self, grad):
+        return F.lp_pool2d_backward(grad, _require_input(self, "_input"), self.norm_type, self.kernel_size, self.stride)
+
+    def extra_repr(self):
+        return f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class _Activation(Module):
+    _forward = staticmethod(F.relu)
+    _backward = staticmethod(F.relu_backward)
+
+    def __init__(self):
+        self._input = None
+
+    def forward(self, x):
+        self._input = x
+        return self._forward(x)
+
+    def backward(self, grad):
+        return self._backward(grad, _require_input(self, "_input"))
+
+
+class ReLU(_Activation):
+    _forward, _backward = staticmethod(F.relu), staticmethod(F.relu_backward)
+
+
+class Sigmoid(_Activation):
+    _forward, _backward = staticmethod(F.sigmoid), staticmethod(F.sigmoid_backward)
+
+
+class Tanh(_Activation):
+    _forward, _backward = staticmethod(F.tanh), staticmethod(F.tanh_backward)
+
+
+class Flatten(Module):
+    """(N, C, H, W) → (N, C*H*W)."""
+
+    def __init__(self):
+        self._input_shape = None
+
+    def forward(self, x):
+        xp = namespace_of(x, names=("x",))
+        self._input_shape = tuple(x.shape)
+        return xp.reshape(x, (x.shape[0], -1))
+
+    def backward(self, grad):
+        xp = namespace_of(grad, names=("grad",))
+        return xp.reshape(grad, _require_input(self, "_input_shape"))
+
+
+class Dropout(Module):
+    """Zeroes each element with probability ``p`` in training, scaling the rest by 1/(1-p).
+
+    Masks are drawn on the host from this layer's own seeded generator, so a
+    seed gives the same masks, and the same training run, on every backend.
+    """
+
+    def __init__(self, p=0.5, *, rng=None):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout probability p must be in [0, 1), got {p!r}")
+        self.p = p
+        self.rng = _as_generator(rng)
+        self._mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        self._mask = F.dropout_mask(x.shape, self.p, self.rng)
+        return F.dropout(x, self.p, mask=self._mask)
+
+    def backward(self, grad):
+        if self._mask is None:
+            return grad
+        return F.dropout_backward(grad, self._mask, self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Sequential(Module):
+    def __init__(self, *layers):
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential takes layers (Module instances), argument {index} is {type(layer).__name__}")
+            setattr(self, str(index), layer)
+
+    @property
+    def layers(self):
+        return [m for m in vars(self).values() if isinstance(m, Module)]
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad):
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+
+class CrossEntropyLoss(Module):
+    """Mean cross-entropy of integer labels; ``backward()`` gives the gradient of the logits."""
+
+    def __init__(self):
+        self._logits = self._labels = None
+
+    def forward(self, logits, labels):
+        self._logits, self._labels = logits, labels
+        return F.cross_entropy(logits, labels)
+
+    def backward(self, grad=None):
+        logits = _require_input(self, "_logits")
+        grad_logits = F.cross_entropy_backward(logits, self._labels)
+        return grad_logits if grad is None else grad_logits * grad

@@ -1,0 +1,170 @@
+"""Optimizers and learning-rate schedulers with PyTorch's update rules.
+
+Updates rebind ``param.data`` (``p = p - lr * g``) instead of writing in
+place, so they work on immutable arrays (JAX) as well as mutable ones.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SGD", "Adam", "StepLR", "ExponentialLR"]
+
+
+class Optimizer:
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list; pass model.parameters()")
+        if not lr > 0:
+            raise ValueError(f"learning rate must be positive, got {lr!r}")
+        self.lr = float(lr)
+        self.step_count = 0
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        self.step_count += 1
+        for index, param in enumerate(self.params):
+            if param.grad is not None:
+                param.data = self._update(index, param.data, param.grad)
+
+    def _update(self, index, data, grad):
+        raise NotImplementedError
+
+    # Per-parameter state lives in lists named in ``_state_names``; a state
+    # dict flattens them to "<name>.<index>" so it can be saved as arrays.
+    _state_names: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        state = {"lr": self.lr, "step_count": self.step_count}
+        for name in self._state_names:
+            for index, value in enumerate(getattr(self, name)):
+                if value is not None:
+                    state[f"{name}.{index}"] = value
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from ``state_dict()`` output; arrays are moved to each parameter's device."""
+        from .backends import placement_of, to_device
+
+        self.lr = float(state["lr"])
+        self.step_count = int(state["step_count"])
+        for name in self._state_names:
+            values = []
+            for index, param in enumerate(self.params):
+                value = state.get(f"{name}.{index}")
+                if value is not None:
+                    if tuple(value.shape) != tuple(param.data.shape):
+                        raise ValueError(
+                            f"optimizer state {name}.{index} has shape {tuple(value.shape)} but the parameter "
+                            f"has {tuple(param.data.shape)}; the optimizer state belongs to another model")
+                    value = to_device(value, placement_of(param.data))
+                values.append(value)
+            setattr(self, name, values)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay."""
+
+    _state_names = ("momentum_buffers",)
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum!r} and {weight_decay!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+        self.momentum_buffers = [None] * len(self.params)
+
+    def _update(self, index, data, grad):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * data
+        if self.momentum:
+            previous = self.momentum_buffers[index]
+            buffer = grad if previous is None else self.momentum * previous + grad
+            self.momentum_buffers[index] = buffer
+            grad = grad + self.momentum * buffer if self.nesterov else buffer
+        return data - self.lr * grad
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; weight decay is added to the gradient, as in PyTorch's Adam."""
+
+    _state_names = ("first_moments", "second_moments")
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must be in [0, 1), got {betas!r}")
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        self.first_moments = [None] * len(self.params)
+        self.second_moments = [None] * len(self.params)
+
+    def _update(self, index, data, grad):
+        from ._arrays import namespace_of
+
+        xp = namespace_of(data, grad, names=("parameter", "gradient"))
+        beta1, beta2 = self.betas
+        if self.weight_decay:
+            grad = grad + self.weight_decay * data
+        m = self.first_moments[index]
+        v = self.second_moments[index]
+        m = (1 - beta1) * grad if m is None else beta1 * m + (1 - beta1) * grad
+        v = (1 - beta2) * grad * grad if v is None else beta2 * v + (1 - beta2) * grad * grad
+        self.first_moments[index], self.second_moments[index] = m, v
+        m_hat = m / (1 - beta1 ** self.step_count)
+        v_hat = v / (1 - beta2 ** self.step_count)
+        return data - self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+
+
+class _Scheduler:
+    """Sets ``optimizer.lr`` from the initial rate and the number of ``step()`` calls (epochs)."""
+
+    def __init__(self, optimizer: Optimizer):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_epoch = 0
+
+    def factor(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def step(self):
+        self.last_epoch += 1
+        self.optimizer.lr = self.base_lr * self.factor(self.last_epoch)
+
+    def get_last_lr(self) -> float:
+        return self.optimizer.lr
+
+    def state_dict(self) -> dict:
+        return {"base_lr": self.base_lr, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lr = float(state["base_lr"])
+        self.last_epoch = int(state["last_epoch"])
+        self.optimizer.lr = self.base_lr * self.factor(self.last_epoch)
+
+
+class StepLR(_Scheduler):
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+        super().__init__(optimizer)
+        if step_size < 1:
+            raise ValueError(f"step_size must be >= 1, got {step_size!r}")
+        self.step_size, self.gamma = step_size, gamma
+
+    def factor(self, epoch: int) -> float:
+        return self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(_Scheduler):
+    """Multiply the learning rate by ``gamma`` every epoch."""
+
+    def __init__(self, optimizer: Optimizer, gamma: float):
+        super().__init__(optimizer)
+        self.gamma = gamma
+
+    def factor(self, epoch: int) -> float:
+        return self.gamma ** epoch
