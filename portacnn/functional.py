@@ -173,11 +173,17 @@ def _conv_setup(x, weight, bias, stride, padding, dilation):
 
 
 def _im2col(xp, x, kernel, stride, padding, dilation, out_hw):
-    """Patch matrix of shape (N, C*kh*kw, OH*OW), rows ordered (c, i, j) like the weight."""
+    """Patch matrix of shape (C*kh*kw, N*OH*OW), rows ordered (c, i, j) like the weight.
+
+    The batch sits on the second axis so one matrix multiply covers the
+    whole batch; the input is viewed channel-first (C, N, H, W) for that,
+    which is free when it came out of another conv2d (see ``conv2d``).
+    """
     n, c = x.shape[0], x.shape[1]
     slices = _tap_slices(kernel, stride, dilation, out_hw)
-    cols = xp.stack(_taps(_pad_spatial(xp, x, padding, 0.0), slices), axis=2)
-    return xp.reshape(cols, (n, c * kernel[0] * kernel[1], out_hw[0] * out_hw[1])), slices
+    channels_first = _pad_spatial(xp, xp.permute_dims(x, (1, 0, 2, 3)), padding, 0.0)
+    cols = xp.stack(_taps(channels_first, slices), axis=1)
+    return xp.reshape(cols, (c * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1])), slices
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
@@ -186,10 +192,11 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     cols, _ = _im2col(xp, x, kernel, stride, padding, dilation, (oh, ow))
     out_channels = weight.shape[0]
     out = xp.matmul(xp.reshape(weight, (out_channels, -1)), cols)
-    out = xp.reshape(out, (x.shape[0], out_channels, oh, ow))
     if bias is not None:
-        out = out + xp.reshape(bias, (1, out_channels, 1, 1))
-    return out
+        out = out + xp.reshape(bias, (out_channels, 1))
+    # The result is computed as (O, N, OH, OW) and returned as an NCHW view:
+    # the next conv2d's channel-first view of it is then contiguous again.
+    return xp.permute_dims(xp.reshape(out, (out_channels, x.shape[0], oh, ow)), (1, 0, 2, 3))
 
 
 def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
@@ -206,18 +213,18 @@ def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
     namespace_of(grad_out, x, names=("grad_out", "x"))
 
     cols, slices = _im2col(xp, x, kernel, stride, padding, dilation, (oh, ow))
-    grad = xp.reshape(grad_out, (n, out_channels, oh * ow))
-    grad_weight = xp.reshape(xp.tensordot(grad, cols, axes=((0, 2), (0, 2))), tuple(weight.shape))
-    grad_bias = xp.sum(grad_out, axis=(0, 2, 3))
+    grad = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (out_channels, n * oh * ow))
+    grad_weight = xp.reshape(xp.matmul(grad, cols.T), tuple(weight.shape))
+    grad_bias = xp.sum(grad, axis=1)
 
     grad_cols = xp.matmul(xp.reshape(weight, (out_channels, -1)).T, grad)
-    grad_cols = xp.reshape(grad_cols, (n, c, kernel[0] * kernel[1], oh, ow))
-    padded_shape = (n, c, x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    grad_cols = xp.reshape(grad_cols, (c, kernel[0] * kernel[1], n, oh, ow))
+    padded_shape = (c, n, x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
     grad_x = _scatter_taps(
         xp, padded_shape, x.dtype, device_of(x), slices,
-        (grad_cols[:, :, t, :, :] for t in range(len(slices))),
+        (grad_cols[:, t, :, :, :] for t in range(len(slices))),
     )
-    return _unpad_spatial(grad_x, padding), grad_weight, grad_bias
+    return xp.permute_dims(_unpad_spatial(grad_x, padding), (1, 0, 2, 3)), grad_weight, grad_bias
 
 
 # --------------------------------------------------------------------------
