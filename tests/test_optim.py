@@ -1,0 +1,115 @@
+"""Optimizers and schedulers follow PyTorch's update rules step for step."""
+
+import numpy as np
+import pytest
+
+from portacnn.nn import Parameter
+from portacnn.optim import SGD, Adam, ExponentialLR, StepLR
+
+torch = pytest.importorskip("torch")
+
+
+def _run_both(make_ours, make_torch, steps=5, seed=0):
+    rng = np.random.default_rng(seed)
+    initial = [rng.standard_normal((3, 4)), rng.standard_normal(4)]
+    grads = [[rng.standard_normal(p.shape) for p in initial] for _ in range(steps)]
+    ours = [Parameter(p.copy()) for p in initial]
+    theirs = [torch.tensor(p.copy(), requires_grad=True) for p in initial]
+    optimizer, reference = make_ours(ours), make_torch(theirs)
+    for step_grads in grads:
+        for p, t, g in zip(ours, theirs, step_grads):
+            p.grad = g
+            t.grad = torch.tensor(g)
+        optimizer.step()
+        reference.step()
+    return ours, theirs
+
+
+@pytest.mark.parametrize("momentum, weight_decay, nesterov", [
+    (0.0, 0.0, False), (0.9, 0.0, False), (0.9, 1e-2, False), (0.9, 1e-2, True), (0.0, 1e-4, False),
+])
+def test_sgd_matches_torch(momentum, weight_decay, nesterov):
+    options = dict(lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    ours, theirs = _run_both(lambda p: SGD(p, **options), lambda p: torch.optim.SGD(p, **options))
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_adam_matches_torch(weight_decay):
+    options = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-8, weight_decay=weight_decay)
+    ours, theirs = _run_both(lambda p: Adam(p, **options), lambda p: torch.optim.Adam(p, **options))
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_update_rebinds_and_never_writes_into_the_old_array():
+    data = np.ones(3)
+    data.flags.writeable = False
+    parameter = Parameter(data)
+    parameter.grad = np.full(3, 2.0)
+    SGD([parameter], lr=0.5, momentum=0.9).step()
+    np.testing.assert_array_equal(parameter.data, np.zeros(3))
+    np.testing.assert_array_equal(data, np.ones(3))
+
+
+def test_parameters_without_gradient_are_left_alone():
+    a, b = Parameter(np.ones(2)), Parameter(np.ones(2))
+    a.grad = np.ones(2)
+    SGD([a, b], lr=1.0).step()
+    np.testing.assert_array_equal(b.data, np.ones(2))
+    np.testing.assert_array_equal(a.data, np.zeros(2))
+
+
+def test_zero_grad_clears_gradients():
+    p = Parameter(np.ones(2))
+    p.grad = np.ones(2)
+    SGD([p], lr=1.0).zero_grad()
+    assert p.grad is None
+
+
+@pytest.mark.parametrize("make, options", [
+    (StepLR, dict(step_size=3, gamma=0.5)),
+    (ExponentialLR, dict(gamma=0.9)),
+])
+def test_schedulers_match_torch(make, options):
+    ours = SGD([Parameter(np.ones(1))], lr=0.2)
+    theirs = torch.optim.SGD([torch.ones(1, requires_grad=True)], lr=0.2)
+    scheduler = make(ours, **options)
+    reference = getattr(torch.optim.lr_scheduler, make.__name__)(theirs, **options)
+    for _ in range(10):
+        theirs.step()
+        scheduler.step()
+        reference.step()
+        assert ours.lr == pytest.approx(theirs.param_groups[0]["lr"], rel=1e-12)
+
+
+def test_optimizer_state_round_trips_and_continues_identically():
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(3) for _ in range(6)]
+
+    def run(split):
+        p = Parameter(np.zeros(3))
+        optimizer = Adam([p], lr=0.1)
+        for i, g in enumerate(grads):
+            if i == split:
+                state = optimizer.state_dict()
+                p = Parameter(p.data.copy())
+                optimizer = Adam([p], lr=0.1)
+                optimizer.load_state_dict(state)
+            p.grad = g
+            optimizer.step()
+        return p.data
+
+    np.testing.assert_array_equal(run(split=3), run(split=-1))
+
+
+@pytest.mark.parametrize("bad", [dict(lr=0.0), dict(lr=-1.0), dict(lr=0.1, momentum=-0.1), dict(lr=0.1, nesterov=True)])
+def test_bad_hyperparameters_are_rejected(bad):
+    with pytest.raises(ValueError):
+        SGD([Parameter(np.ones(1))], **bad)
+
+
+def test_empty_parameter_list_is_rejected():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        SGD([], lr=0.1)
