@@ -18,6 +18,7 @@ see (JAX arrays are immutable, NumPy inputs may be read-only).
 from __future__ import annotations
 
 import math
+import operator
 
 import array_api_extra as xpx
 
@@ -44,17 +45,17 @@ __all__ = [
 
 def _pair(value, name: str, *, minimum: int) -> tuple[int, int]:
     """Accept an int or a pair of ints, as PyTorch does, and check the bound."""
-    if isinstance(value, bool):
+    def as_int(v):
+        if isinstance(v, bool):
+            raise TypeError
+        return operator.index(v)  # ints and NumPy integers, never floats
+
+    try:
+        pair = (as_int(value),) * 2 if not hasattr(value, "__len__") else tuple(as_int(v) for v in value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(pair) != 2:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        pair = (value, value)
-    else:
-        try:
-            pair = tuple(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-        if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return pair
@@ -478,7 +479,8 @@ def _cross_entropy_setup(logits, labels):
 
 
 def _one_hot(xp, labels, num_classes: int, dtype):
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=device_of(labels))
+    # The default integer dtype, not the labels': uint8 class numbers would wrap past 255.
+    classes = xp.arange(num_classes, device=device_of(labels))
     return xp.astype(xp.reshape(labels, (-1, 1)) == classes, dtype)
 
 
@@ -558,6 +560,8 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, 
     if training:
         mean, var = xp.mean(x, axis=axes), xp.var(x, axis=axes)
     else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm_backward in eval mode needs running_mean and running_var")
         mean, var = running_mean, running_var
     inv_std = xp.reshape(1.0 / xp.sqrt(var + eps), broadcast)
     x_hat = (x - xp.reshape(mean, broadcast)) * inv_std
@@ -594,6 +598,8 @@ def dropout_mask(shape, p: float, rng):
 def _device_mask(xp, mask, like):
     if not (hasattr(mask, "dtype") and hasattr(mask, "shape")):
         raise DTypeError(f"dropout mask must be a boolean array, got {type(mask).__name__}")
+    if "bool" not in str(mask.dtype):
+        raise DTypeError(f"dropout mask must be a boolean keep-mask (True = keep), got dtype {mask.dtype}")
     if tuple(mask.shape) != tuple(like.shape):
         raise ShapeError(f"dropout mask shape {tuple(mask.shape)} differs from x shape {tuple(like.shape)}")
     if type(mask).__module__.split(".")[0] == "numpy" and type(like).__module__.split(".")[0] != "numpy":
