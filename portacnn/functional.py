@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 import operator
 
+from typing import NamedTuple
+
 import array_api_extra as xpx
 
 from ._arrays import device_of, namespace_of
@@ -150,7 +152,19 @@ def _unpad_spatial(x, padding: tuple[int, int]):
 # convolution (im2col + one matrix multiply)
 
 
-def _conv_setup(x, weight, bias, stride, padding, dilation):
+class ConvGeometry(NamedTuple):
+    """Everything about one conv2d call that follows from the shapes and options."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    out_hw: tuple[int, int]
+    slices: list
+
+
+def conv_geometry(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+    """Check a conv2d call's inputs and work out its geometry → ``(xp, ConvGeometry)``."""
     xp = namespace_of(x, weight, bias, names=("x", "weight", "bias"))
     _require_float(xp, x, "conv2d input x")
     _require_ndim(x, 4, "conv2d input x", "(N, C, H, W)")
@@ -170,10 +184,10 @@ def _conv_setup(x, weight, bias, stride, padding, dilation):
     dilation = _pair(dilation, "dilation", minimum=1)
     kernel = (weight.shape[2], weight.shape[3])
     out_hw = _output_hw(x, kernel, stride, padding, dilation, "conv2d")
-    return xp, kernel, stride, padding, dilation, out_hw
+    return xp, ConvGeometry(kernel, stride, padding, dilation, out_hw, _tap_slices(kernel, stride, dilation, out_hw))
 
 
-def _im2col(xp, x, kernel, stride, padding, dilation, out_hw):
+def im2col(xp, x, geometry: ConvGeometry):
     """Patch matrix of shape (C*kh*kw, N*OH*OW), rows ordered (c, i, j) like the weight.
 
     The batch sits on the second axis so one matrix multiply covers the
@@ -181,23 +195,50 @@ def _im2col(xp, x, kernel, stride, padding, dilation, out_hw):
     which is free when it came out of another conv2d (see ``conv2d``).
     """
     n, c = x.shape[0], x.shape[1]
-    slices = _tap_slices(kernel, stride, dilation, out_hw)
-    channels_first = _pad_spatial(xp, xp.permute_dims(x, (1, 0, 2, 3)), padding, 0.0)
-    cols = xp.stack(_taps(channels_first, slices), axis=1)
-    return xp.reshape(cols, (c * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1])), slices
+    channels_first = _pad_spatial(xp, xp.permute_dims(x, (1, 0, 2, 3)), geometry.padding, 0.0)
+    cols = xp.stack(_taps(channels_first, geometry.slices), axis=1)
+    return xp.reshape(cols, (c * len(geometry.slices), n * geometry.out_hw[0] * geometry.out_hw[1]))
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-    """2-D cross-correlation of ``x`` (N, C, H, W) with ``weight`` (O, C, kh, kw)."""
-    xp, kernel, stride, padding, dilation, (oh, ow) = _conv_setup(x, weight, bias, stride, padding, dilation)
-    cols, _ = _im2col(xp, x, kernel, stride, padding, dilation, (oh, ow))
+def conv2d_from_patches(xp, cols, batch_size: int, weight, bias, geometry: ConvGeometry):
+    """The conv2d output from the patch matrix ``im2col`` built."""
     out_channels = weight.shape[0]
     out = xp.matmul(xp.reshape(weight, (out_channels, -1)), cols)
     if bias is not None:
         out = out + xp.reshape(bias, (out_channels, 1))
     # The result is computed as (O, N, OH, OW) and returned as an NCHW view:
     # the next conv2d's channel-first view of it is then contiguous again.
-    return xp.permute_dims(xp.reshape(out, (out_channels, x.shape[0], oh, ow)), (1, 0, 2, 3))
+    return xp.permute_dims(xp.reshape(out, (out_channels, batch_size, *geometry.out_hw)), (1, 0, 2, 3))
+
+
+def conv2d_backward_from_patches(xp, grad_out, cols, input_shape, weight, geometry: ConvGeometry,
+                                 input_grad: bool = True):
+    """Gradients of conv2d from the forward's patch matrix → ``(grad_x or None, grad_weight, grad_bias)``."""
+    n, c, height, width = input_shape
+    out_channels, (oh, ow), padding = weight.shape[0], geometry.out_hw, geometry.padding
+    expected = (n, out_channels, oh, ow)
+    if tuple(grad_out.shape) != expected:
+        raise ShapeError(f"conv2d_backward: grad_out must have shape {expected}, got {tuple(grad_out.shape)}")
+    grad = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (out_channels, n * oh * ow))
+    grad_weight = xp.reshape(xp.matmul(grad, cols.T), tuple(weight.shape))
+    grad_bias = xp.sum(grad, axis=1)
+    if not input_grad:
+        return None, grad_weight, grad_bias
+
+    grad_cols = xp.matmul(xp.reshape(weight, (out_channels, -1)).T, grad)
+    grad_cols = xp.reshape(grad_cols, (c, len(geometry.slices), n, oh, ow))
+    padded_shape = (c, n, height + 2 * padding[0], width + 2 * padding[1])
+    grad_x = _scatter_taps(
+        xp, padded_shape, grad_out.dtype, device_of(grad_out), geometry.slices,
+        (grad_cols[:, t, :, :, :] for t in range(len(geometry.slices))),
+    )
+    return xp.permute_dims(_unpad_spatial(grad_x, padding), (1, 0, 2, 3)), grad_weight, grad_bias
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+    """2-D cross-correlation of ``x`` (N, C, H, W) with ``weight`` (O, C, kh, kw)."""
+    xp, geometry = conv_geometry(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    return conv2d_from_patches(xp, im2col(xp, x, geometry), x.shape[0], weight, bias, geometry)
 
 
 def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
@@ -206,26 +247,9 @@ def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
     ``grad_bias`` is always returned (the sum of ``grad_out``); a caller
     without a bias ignores it.
     """
-    xp, kernel, stride, padding, dilation, (oh, ow) = _conv_setup(x, weight, None, stride, padding, dilation)
-    n, c, out_channels = x.shape[0], x.shape[1], weight.shape[0]
-    expected = (n, out_channels, oh, ow)
-    if tuple(grad_out.shape) != expected:
-        raise ShapeError(f"conv2d_backward: grad_out must have shape {expected}, got {tuple(grad_out.shape)}")
+    xp, geometry = conv_geometry(x, weight, None, stride=stride, padding=padding, dilation=dilation)
     namespace_of(grad_out, x, names=("grad_out", "x"))
-
-    cols, slices = _im2col(xp, x, kernel, stride, padding, dilation, (oh, ow))
-    grad = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (out_channels, n * oh * ow))
-    grad_weight = xp.reshape(xp.matmul(grad, cols.T), tuple(weight.shape))
-    grad_bias = xp.sum(grad, axis=1)
-
-    grad_cols = xp.matmul(xp.reshape(weight, (out_channels, -1)).T, grad)
-    grad_cols = xp.reshape(grad_cols, (c, kernel[0] * kernel[1], n, oh, ow))
-    padded_shape = (c, n, x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
-    grad_x = _scatter_taps(
-        xp, padded_shape, x.dtype, device_of(x), slices,
-        (grad_cols[:, t, :, :, :] for t in range(len(slices))),
-    )
-    return xp.permute_dims(_unpad_spatial(grad_x, padding), (1, 0, 2, 3)), grad_weight, grad_bias
+    return conv2d_backward_from_patches(xp, grad_out, im2col(xp, x, geometry), tuple(x.shape), weight, geometry)
 
 
 # --------------------------------------------------------------------------

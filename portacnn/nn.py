@@ -74,7 +74,11 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        """Gradient with respect to the last forward's input; parameter gradients
+        are added to ``param.grad``. With ``input_grad=False`` (nothing upstream
+        needs it, as for a network's first layer) the layer may skip that work
+        and return None."""
         raise NotImplementedError
 
     def __call__(self, *args):
@@ -237,18 +241,22 @@ class Conv2d(Module):
         shape = (out_channels, in_channels, *kernel)
         self.weight = _new_parameter(_init_weight(generator, shape, fan_in, fan_out, init), dtype, device)
         self.bias = _new_parameter(numpy.zeros(out_channels), dtype, device) if bias else None
-        self._input = None
-
-    def _options(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        self._saved = None
 
     def forward(self, x):
-        self._input = x
-        return F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, **self._options())
+        bias = None if self.bias is None else self.bias.data
+        xp, geometry = F.conv_geometry(
+            x, self.weight.data, bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
+        # The patch matrix is kept for backward instead of the input: building
+        # it is a large share of a convolution's cost.
+        patches = F.im2col(xp, x, geometry)
+        self._saved = (xp, patches, tuple(x.shape), geometry)
+        return F.conv2d_from_patches(xp, patches, x.shape[0], self.weight.data, bias, geometry)
 
-    def backward(self, grad):
-        grad_x, grad_weight, grad_bias = F.conv2d_backward(
-            grad, _require_input(self, "_input"), self.weight.data, **self._options())
+    def backward(self, grad, input_grad=True):
+        xp, patches, input_shape, geometry = _require_input(self, "_saved")
+        grad_x, grad_weight, grad_bias = F.conv2d_backward_from_patches(
+            xp, grad, patches, input_shape, self.weight.data, geometry, input_grad)
         _accumulate(self.weight, grad_weight)
         if self.bias is not None:
             _accumulate(self.bias, grad_bias)
@@ -272,12 +280,12 @@ class Linear(Module):
         self._input = x
         return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
         grad_x, grad_weight, grad_bias = F.linear_backward(grad, _require_input(self, "_input"), self.weight.data)
         _accumulate(self.weight, grad_weight)
         if self.bias is not None:
             _accumulate(self.bias, grad_bias)
-        return grad_x
+        return grad_x if input_grad else None
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -311,14 +319,14 @@ class BatchNorm2d(Module):
             training=self.training, momentum=self.momentum, eps=self.eps)
         return y
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
         grad_x, grad_weight, grad_bias = F.batch_norm_backward(
             grad, _require_input(self, "_input"), self.running_mean.data, self.running_var.data,
             None if self.weight is None else self.weight.data, training=self._trained_on_batch, eps=self.eps)
         if self.weight is not None:
             _accumulate(self.weight, grad_weight)
             _accumulate(self.bias, grad_bias)
-        return grad_x
+        return grad_x if input_grad else None
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
@@ -337,7 +345,9 @@ class MaxPool2d(Module):
         self._input = x
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         return F.max_pool2d_backward(grad, _require_input(self, "_input"), self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):
@@ -349,7 +359,9 @@ class AvgPool2d(MaxPool2d):
         self._input = x
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         return F.avg_pool2d_backward(grad, _require_input(self, "_input"), self.kernel_size, self.stride, self.padding)
 
 
@@ -364,7 +376,9 @@ class LPPool2d(Module):
         self._input = x
         return F.lp_pool2d(x, self.norm_type, self.kernel_size, self.stride)
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         return F.lp_pool2d_backward(grad, _require_input(self, "_input"), self.norm_type, self.kernel_size, self.stride)
 
     def extra_repr(self):
@@ -382,7 +396,9 @@ class _Activation(Module):
         self._input = x
         return self._forward(x)
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         return self._backward(grad, _require_input(self, "_input"))
 
 
@@ -409,7 +425,9 @@ class Flatten(Module):
         self._input_shape = tuple(x.shape)
         return xp.reshape(x, (x.shape[0], -1))
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         xp = namespace_of(grad, names=("grad",))
         return xp.reshape(grad, _require_input(self, "_input_shape"))
 
@@ -435,7 +453,9 @@ class Dropout(Module):
         self._mask = F.dropout_mask(x.shape, self.p, self.rng)
         return F.dropout(x, self.p, mask=self._mask)
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         if self._mask is None:
             return grad
         return F.dropout_backward(grad, self._mask, self.p)
@@ -466,10 +486,11 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, grad):
-        for layer in reversed(self.layers):
+    def backward(self, grad, input_grad=True):
+        layers = self.layers
+        for layer in reversed(layers[1:]):
             grad = layer.backward(grad)
-        return grad
+        return layers[0].backward(grad, input_grad=input_grad)
 
 
 class CrossEntropyLoss(Module):

@@ -306,3 +306,17 @@ def test_dropout_output_stays_on_the_input_device(case):
     case.check(out)
     expected = np.where(F.dropout_mask((3, 5), 0.5, np.random.default_rng(0)), 2.0, 0.0)
     case.assert_close(out, expected)
+
+
+def test_skipping_the_input_gradient_leaves_parameter_gradients_unchanged():
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((3, 1, 28, 28)), np.array([1, 2, 3])
+    grads = []
+    for input_grad in (True, False):
+        model, loss_fn = lenet(seed=1, dtype="float64"), nn.CrossEntropyLoss()
+        loss_fn(model(x), y)
+        returned = model.backward(loss_fn.backward(), input_grad=input_grad)
+        assert (returned is None) == (not input_grad)
+        grads.append([p.grad for p in model.parameters()])
+    for with_input, without in zip(*grads):
+        np.testing.assert_array_equal(with_input, without)
