@@ -1,0 +1,320 @@
+"""Checkpoints as plain ``.npz`` files: arrays plus one JSON metadata entry, never pickle.
+
+Format (``FORMAT_VERSION`` 1), one ``.npz`` (zip of ``.npy`` files, uncompressed):
+
+``model/<name>``
+    every parameter and buffer of ``model.state_dict()``, as host NumPy arrays
+    in the model's dtype (``model/0.weight``, ``model/0.bias``, ...).
+``optimizer/<name>``
+    the array entries of ``optimizer.state_dict()`` (``momentum_buffers.<i>``
+    for SGD, ``first_moments.<i>`` / ``second_moments.<i>`` for Adam).
+``metadata``
+    a uint8 array holding UTF-8 JSON: ``format`` (always
+    ``"portacnn-checkpoint"``), ``format_version``, ``portacnn_version``,
+    ``architecture`` (e.g. ``"lenet"``) and ``architecture_kwargs``,
+    ``epoch`` (epochs completed), ``config`` (the training config as a dict),
+    ``history`` (one dict per epoch), ``rng`` (the shuffling generator's
+    ``bit_generator.state``, or null), ``optimizer`` (its scalar entries:
+    ``lr``, ``step_count``, plus ``type``), ``scheduler`` (its state dict plus
+    ``type``, or null).
+
+Every file loads with ``numpy.load(path, allow_pickle=False)``. Saving is
+atomic: the data goes to a temporary file in the same folder, is flushed and
+fsynced, then ``os.replace``-d over the target, so a crash or full disk mid-way
+leaves the previous checkpoint intact. The training loop writes
+``<checkpoint_dir>/last.npz`` (see :data:`LAST`) at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy
+
+from . import __version__
+from .backends import to_numpy
+from .errors import CheckpointError
+
+__all__ = [
+    "FORMAT_VERSION", "LAST", "ARCHITECTURES",
+    "save_checkpoint", "load_checkpoint", "build_model", "restore_training_state", "atomic_write",
+]
+
+#: The newest checkpoint format this module writes and reads.
+FORMAT_VERSION = 1
+#: File name of the checkpoint written at the end of every epoch, inside the checkpoint folder.
+LAST = "last.npz"
+_MAGIC = "portacnn-checkpoint"
+_METADATA = "metadata"
+
+
+def _lenet(**kwargs):
+    from .models import lenet
+
+    return lenet(**kwargs)
+
+
+#: Architecture name -> builder ``f(*, seed, dtype, device, **architecture_kwargs)``.
+ARCHITECTURES = {"lenet": _lenet}
+
+
+# --------------------------------------------------------------------------
+# atomic writes
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then move it over ``path``.
+
+    On any failure the temp file is removed and ``path`` is untouched. The
+    parent folder is created if needed. Returns ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create the folder {path.parent}: {exc.strerror or exc}") from exc
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+    # Make the rename itself durable where the platform allows it.
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+# --------------------------------------------------------------------------
+# save
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, numpy.generic):
+        return value.item()
+    return value
+
+
+def _split_state(state: dict) -> tuple[dict, dict]:
+    """Split a state dict into (JSON scalars, arrays as NumPy)."""
+    scalars, arrays = {}, {}
+    for name, value in state.items():
+        if value is None or isinstance(value, (bool, int, float, str)):
+            scalars[name] = value
+        else:
+            arrays[name] = to_numpy(value)
+    return scalars, arrays
+
+
+def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=0, rng=None, config=None, history=(),
+                    *, architecture: str = "lenet", architecture_kwargs: dict | None = None) -> Path:
+    """Write a checkpoint (see the module docstring for the format), atomically; returns its path.
+
+    ``optimizer`` and ``scheduler`` may be None (a bare model). ``rng`` is the
+    ``numpy.random.Generator`` whose state should survive a resume (or None).
+    ``config`` is a dataclass or dict of JSON-able values.
+    """
+    arrays = {f"model/{name}": to_numpy(value) for name, value in model.state_dict().items()}
+    optimizer_meta = scheduler_meta = None
+    if optimizer is not None:
+        optimizer_meta, optimizer_arrays = _split_state(optimizer.state_dict())
+        optimizer_meta["type"] = type(optimizer).__name__
+        arrays.update({f"optimizer/{name}": value for name, value in optimizer_arrays.items()})
+    if scheduler is not None:
+        scheduler_meta = dict(scheduler.state_dict())
+        scheduler_meta["type"] = type(scheduler).__name__
+    metadata = {
+        "format": _MAGIC,
+        "format_version": FORMAT_VERSION,
+        "portacnn_version": __version__,
+        "architecture": architecture,
+        "architecture_kwargs": _jsonable(architecture_kwargs or {}),
+        "epoch": int(epoch),
+        "config": _jsonable(config) if config is not None else None,
+        "history": _jsonable(list(history)),
+        "rng": _jsonable(rng.bit_generator.state) if rng is not None else None,
+        "optimizer": optimizer_meta,
+        "scheduler": scheduler_meta,
+    }
+    try:
+        text = json.dumps(metadata, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from exc
+    arrays[_METADATA] = numpy.frombuffer(text.encode("utf-8"), dtype=numpy.uint8)
+    return atomic_write(path, lambda handle: numpy.savez(handle, **arrays))
+
+
+# --------------------------------------------------------------------------
+# load
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns a dict with ``model`` and ``optimizer`` (name -> NumPy array; the
+    optimizer dict also holds its scalars such as ``lr``), ``scheduler``
+    (dict or None), ``rng`` (bit-generator state or None), ``epoch``,
+    ``config``, ``history``, ``architecture``, ``architecture_kwargs``,
+    ``format_version`` and ``path``.
+
+    Raises :class:`~portacnn.errors.CheckpointError` when the file is missing,
+    truncated or corrupt, is not a portacnn checkpoint, or was written by a
+    newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a portacnn checkpoint: not an .npz (zip) file; it may be truncated "
+            "(an interrupted copy) or a different kind of file")
+    try:
+        with numpy.load(path, allow_pickle=False) as archive:
+            if _METADATA not in archive.files:
+                raise CheckpointError(
+                    f"{path} is not a portacnn checkpoint: it is an .npz without a '{_METADATA}' entry")
+            entries = {name: archive[name] for name in archive.files}
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({exc})") from exc
+    except Exception as exc:  # zlib.error and friends from a damaged archive
+        raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({exc!r})") from exc
+
+    metadata = _parse_metadata(path, entries.pop(_METADATA))
+    version = metadata.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path} is not a portacnn checkpoint: its metadata has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses checkpoint format version {version}, but this portacnn ({__version__}) reads versions "
+            f"up to {FORMAT_VERSION}; upgrade portacnn to load it")
+    if version < 1:
+        raise CheckpointError(f"{path} has an invalid checkpoint format version {version}")
+
+    model, optimizer = {}, dict(metadata.get("optimizer") or {})
+    for name, value in entries.items():
+        group, _, key = name.partition("/")
+        if group == "model" and key:
+            model[key] = value
+        elif group == "optimizer" and key:
+            optimizer[key] = value
+        else:
+            raise CheckpointError(f"{path} has an unexpected entry {name!r}; is it a portacnn checkpoint?")
+    if not model:
+        raise CheckpointError(f"{path} holds no model arrays (no 'model/<name>' entries)")
+    return {
+        "path": str(path),
+        "format_version": version,
+        "architecture": metadata.get("architecture"),
+        "architecture_kwargs": metadata.get("architecture_kwargs") or {},
+        "epoch": int(metadata.get("epoch", 0)),
+        "config": metadata.get("config"),
+        "history": metadata.get("history") or [],
+        "rng": metadata.get("rng"),
+        "model": model,
+        "optimizer": optimizer if metadata.get("optimizer") is not None else None,
+        "scheduler": metadata.get("scheduler"),
+        "portacnn_version": metadata.get("portacnn_version"),
+    }
+
+
+def _parse_metadata(path: Path, raw: numpy.ndarray) -> dict:
+    if raw.dtype != numpy.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"{path} is not a portacnn checkpoint: '{_METADATA}' is not a uint8 byte string")
+    try:
+        metadata = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a portacnn checkpoint: its metadata is not valid JSON ({exc})") from exc
+    if not isinstance(metadata, dict) or metadata.get("format") != _MAGIC:
+        raise CheckpointError(f"{path} is not a portacnn checkpoint (its metadata lacks format={_MAGIC!r})")
+    return metadata
+
+
+# --------------------------------------------------------------------------
+# restore
+
+
+def _model_dtype(checkpoint: dict) -> str:
+    for value in checkpoint["model"].values():
+        if value.dtype.kind == "f":
+            return value.dtype.name
+    return "float32"
+
+
+def build_model(checkpoint: dict, device=None, dtype=None):
+    """A fresh model of the checkpoint's architecture on ``device``, with its weights loaded.
+
+    ``dtype`` defaults to the dtype the weights were saved in. Raises
+    ``CheckpointError`` for an unknown architecture, or (from
+    ``load_state_dict``) when the arrays do not fit it.
+    """
+    name = checkpoint.get("architecture")
+    if name not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{checkpoint.get('path', 'checkpoint')} was saved from architecture {name!r}, which this portacnn "
+            f"cannot build; known architectures: {', '.join(sorted(ARCHITECTURES))}")
+    model = ARCHITECTURES[name](dtype=dtype or _model_dtype(checkpoint), device=device,
+                                **checkpoint.get("architecture_kwargs", {}))
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def restore_training_state(checkpoint: dict, model, optimizer=None, scheduler=None, rng=None) -> None:
+    """Load a checkpoint's weights, optimizer and scheduler state and RNG state into live objects.
+
+    Architecture mismatches surface as ``CheckpointError`` listing the missing,
+    unexpected and mis-shaped names.
+    """
+    path = checkpoint.get("path", "checkpoint")
+    model.load_state_dict(checkpoint["model"])
+    if optimizer is not None:
+        state = checkpoint.get("optimizer")
+        if state is None:
+            raise CheckpointError(f"{path} holds no optimizer state, so training cannot resume from it")
+        saved_type = state.get("type")
+        if saved_type is not None and saved_type != type(optimizer).__name__:
+            raise CheckpointError(f"{path} holds {saved_type} state but the optimizer is {type(optimizer).__name__}")
+        try:
+            optimizer.load_state_dict({k: v for k, v in state.items() if k != "type"})
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: optimizer state does not fit ({exc})") from exc
+    if scheduler is not None:
+        state = checkpoint.get("scheduler")
+        if state is None:
+            raise CheckpointError(f"{path} holds no learning-rate scheduler state")
+        try:
+            scheduler.load_state_dict({k: v for k, v in state.items() if k != "type"})
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: scheduler state does not fit ({exc})") from exc
+    if rng is not None:
+        state = checkpoint.get("rng")
+        if state is None:
+            raise CheckpointError(f"{path} holds no random-generator state")
+        try:
+            rng.bit_generator.state = state
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: random-generator state does not fit ({exc})") from exc

@@ -1,0 +1,243 @@
+"""Tests for the ``portacnn`` command line (portacnn.cli and ``python -m portacnn``)."""
+
+import json
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from portacnn import datasets
+from portacnn.cli import load_digit_image, main
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+HAVE_REAL_MNIST = SHARED_MNIST.is_dir()
+METRICS_KEYS = {"test_accuracy", "history", "backend", "device", "dtype", "wall_seconds"}
+HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+
+
+def write_fake_mnist(folder: Path, n_train=60, n_test=20, seed=0) -> Path:
+    """Small MNIST-format IDX files (uncompressed) with random labels and a label-dependent bright square."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            row, col = 3 + 2 * (label % 5), 4 + 10 * (label // 5)
+            images[i, row:row + 8, col:col + 8] = 255
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
+    return folder
+
+
+def _patch_environment(monkeypatch, home):
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("PORTACNN_DATA", raising=False)
+    monkeypatch.delenv("PORTACNN_BACKEND", raising=False)
+    monkeypatch.setattr(datasets, "MIRRORS", [])
+    # Generated (uncompressed) files are not the real ones: skip their md5; real .gz files keep theirs.
+    monkeypatch.setattr(datasets, "MNIST_FILES", {k: v for k, v in datasets.MNIST_FILES.items() if k.endswith(".gz")})
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    _patch_environment(monkeypatch, tmp_path / "home")
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    return write_fake_mnist(tmp_path / "mnist")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 1-epoch checkpoint: real MNIST (2,000 images) when present, else generated data."""
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _patch_environment(monkeypatch, root / "home")
+        data = SHARED_MNIST if HAVE_REAL_MNIST else write_fake_mnist(root / "mnist")
+        status = main(["train", "--data-dir", str(data), "--epochs", "1", "--train-size", "2000" if HAVE_REAL_MNIST
+                       else "60", "--test-size", "200", "--batch-size", "20", "--lr", "0.02",
+                       "--checkpoint-dir", str(root / "ck"), "--quiet"])
+    assert status == 0
+    return root / "ck" / "last.npz", data
+
+
+def _train_args(data, *extra):
+    return ["train", "--data-dir", str(data), "--epochs", "1", "--train-size", "40", "--test-size", "20",
+            "--batch-size", "20", "--lr", "0.01", "--quiet", *extra]
+
+
+# ---------------------------------------------------------------- train
+
+
+def test_train_writes_metrics_and_plot(fake_mnist, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    PIL = pytest.importorskip("PIL.Image")
+    metrics_path, plot_path = tmp_path / "metrics.json", tmp_path / "plots" / "curves.png"
+    status = main(_train_args(fake_mnist, "--metrics-out", str(metrics_path), "--plot", str(plot_path),
+                              "--dtype", "float64"))
+    assert status == 0
+    metrics = json.loads(metrics_path.read_text())
+    assert set(metrics) == METRICS_KEYS
+    assert isinstance(metrics["test_accuracy"], float) and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert len(metrics["history"]) == 1 and set(metrics["history"][0]) == HISTORY_KEYS
+    assert metrics["history"][0]["epoch"] == 1
+    assert (metrics["backend"], metrics["device"], metrics["dtype"]) == ("numpy", "cpu", "float64")
+    assert metrics["wall_seconds"] > 0
+    with PIL.open(plot_path) as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["metrics.json"]
+    assert sorted(p.name for p in plot_path.parent.iterdir()) == ["curves.png"]
+    assert capsys.readouterr().out == ""  # --quiet
+
+
+def test_train_prints_progress_lines_unless_quiet(fake_mnist, capsys):
+    assert main(_train_args(fake_mnist)[:-1]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1: train loss" in out and "final test accuracy" in out
+
+
+def test_train_on_another_backend(fake_mnist, tmp_path):
+    pytest.importorskip("array_api_strict")
+    metrics_path = tmp_path / "m.json"
+    assert main(_train_args(fake_mnist, "--backend", "array_api_strict", "--metrics-out", str(metrics_path))) == 0
+    assert json.loads(metrics_path.read_text())["backend"] == "array_api_strict"
+
+
+def test_friendly_errors_exit_2_without_traceback(fake_mnist, tmp_path, capsys):
+    assert main(_train_args(fake_mnist, "--backend", "nosuchlib")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nosuchlib" in err and "Traceback" not in err
+
+    assert main(_train_args(fake_mnist, "--resume")) == 2
+    assert "checkpoint" in capsys.readouterr().err
+
+    assert main(_train_args(tmp_path / "empty-folder")) == 2
+    assert "MNIST files missing" in capsys.readouterr().err
+
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.npz")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_divergence_exits_2_with_advice(fake_mnist, capsys):
+    assert main(_train_args(fake_mnist, "--lr", "100000")) == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "lower learning rate" in err and "Traceback" not in err
+
+
+def test_usage_errors_and_help():
+    assert main(["train", "--dtype", "float16"]) == 2
+    assert main(["--help"]) == 0
+    assert main([]) == 2
+
+
+# ---------------------------------------------------------------- evaluate and predict
+
+
+def test_evaluate_prints_accuracy_and_confusion_matrix(trained, capsys):
+    checkpoint, data = trained
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data-dir", str(data), "--test-size", "200"]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+) \((\d+)/200\)", out).group(1))
+    if HAVE_REAL_MNIST:
+        assert accuracy > 0.8
+    assert "per-class accuracy" in out and "confusion matrix" in out
+    rows = [line for line in out.splitlines() if re.match(r"^\s+\d\s+(\s+\d+){10}$", line)]
+    assert len(rows) == 10
+    counts = np.array([[int(v) for v in row.split()[1:]] for row in rows])
+    assert counts.sum() == 200
+
+
+def test_evaluate_accepts_the_checkpoint_folder(trained, capsys):
+    checkpoint, data = trained
+    assert main(["evaluate", "--checkpoint", str(checkpoint.parent), "--data-dir", str(data), "--test-size", "20",
+                 "--backend", "numpy"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def _save_png(path, pixels):
+    from PIL import Image
+
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(path)
+    return path
+
+
+def test_predict_images_and_report_broken_ones(trained, tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    checkpoint, data = trained
+    images, labels = datasets.load_mnist("test", root=data)
+    paths, expected = [], []
+    for i in range(8):
+        paths.append(_save_png(tmp_path / f"digit{i}.png", images[i, 0]))
+        expected.append(int(labels[i]))
+    # Black digit on white, and a larger RGB image: inverted and resized like the others.
+    paths.append(_save_png(tmp_path / "inverted.png", 255 - images[8, 0]))
+    expected.append(int(labels[8]))
+    big = Image.fromarray(images[9, 0]).resize((56, 56)).convert("RGB")
+    big.save(tmp_path / "big.png")
+    paths.append(tmp_path / "big.png")
+    expected.append(int(labels[9]))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    missing = tmp_path / "missing.png"
+
+    argv = ["predict", "--checkpoint", str(checkpoint), str(paths[0]), str(broken), *map(str, paths[1:]), str(missing)]
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert status != 0
+    assert f"{broken}: cannot read image" in captured.err and f"{missing}" in captured.err
+    predicted = {}
+    for line in captured.out.splitlines():
+        match = re.fullmatch(r"(.+): (\d) \(([01]\.\d+)\)", line)
+        assert match, line
+        predicted[match.group(1)] = int(match.group(2))
+        assert 0.0 <= float(match.group(3)) <= 1.0
+    assert list(predicted) == [str(p) for p in paths]
+    if HAVE_REAL_MNIST:
+        correct = sum(predicted[str(p)] == e for p, e in zip(paths, expected))
+        assert correct >= 8, (predicted, expected)
+
+
+def test_predict_all_good_exits_0(trained, tmp_path, capsys):
+    pytest.importorskip("PIL")
+    checkpoint, data = trained
+    images, _ = datasets.load_mnist("test", root=data)
+    path = _save_png(tmp_path / "one.png", images[0, 0])
+    assert main(["predict", "--checkpoint", str(checkpoint), str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: ")
+
+
+def test_load_digit_image_inverts_light_backgrounds(tmp_path):
+    pytest.importorskip("PIL")
+    pixels = np.zeros((28, 28), dtype=np.uint8)
+    pixels[10:18, 12:16] = 255
+    dark = load_digit_image(_save_png(tmp_path / "dark.png", pixels))
+    light = load_digit_image(_save_png(tmp_path / "light.png", 255 - pixels))
+    assert dark.shape == (28, 28) and dark.max() == 1.0 and dark.min() == 0.0
+    np.testing.assert_allclose(light, dark)
+
+
+# ---------------------------------------------------------------- backends and parity
+
+
+def test_python_m_portacnn_backends():
+    result = subprocess.run([sys.executable, "-m", "portacnn", "backends"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^numpy\s+\S+\s+numpy$", result.stdout, re.MULTILINE)
+    assert "default backend" in result.stdout
+
+
+def test_parity_subcommand(capsys):
+    assert main(["parity", "--backends", "numpy", "--dtypes", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d" in out and "passed, 0 failed" in out
+    assert main(["parity", "--dtypes", "float16"]) == 2
+    assert main(["parity", "--backends", "nosuchlib"]) == 2
