@@ -54,7 +54,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling (default: 0)")
     parser.add_argument("--data-dir", help="MNIST folder (default: $PORTACNN_DATA or ~/.cache/portacnn/mnist; "
                                            "downloaded if missing)")
-    parser.add_argument("--checkpoint-dir", help="write <dir>/last.npz after every epoch (default: no checkpoints)")
+    parser.add_argument("--checkpoint-dir", default="checkpoints",
+                        help="write <dir>/last.npz after every epoch (default: ./checkpoints)")
     parser.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/last.npz")
     parser.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves as a PNG (needs matplotlib)")
     parser.add_argument("--metrics-out", metavar="PATH", help="write the metrics as JSON")

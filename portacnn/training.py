@@ -343,7 +343,7 @@ def _run_steps(model, loss_fn, optimizer, images, labels, order, config, placeme
             y = to_device(host_labels, placement)
             logits = model(x)
             loss = loss_fn(logits, y)
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), input_grad=False)
             optimizer.step()
             optimizer.zero_grad()
 

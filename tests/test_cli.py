@@ -67,6 +67,17 @@ def trained(tmp_path_factory):
     return root / "ck" / "last.npz", data
 
 
+@pytest.fixture(autouse=True)
+def _run_in_a_scratch_folder(tmp_path, monkeypatch):
+    """`portacnn train` writes ./checkpoints by default: keep that out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+def test_train_writes_a_checkpoint_by_default(fake_mnist, tmp_path):
+    assert main(_train_args(fake_mnist)) == 0
+    assert (tmp_path / "checkpoints" / "last.npz").is_file()
+
+
 def _train_args(data, *extra):
     return ["train", "--data-dir", str(data), "--epochs", "1", "--train-size", "40", "--test-size", "20",
             "--batch-size", "20", "--lr", "0.01", "--quiet", *extra]
@@ -114,7 +125,9 @@ def test_friendly_errors_exit_2_without_traceback(fake_mnist, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nosuchlib" in err and "Traceback" not in err
 
-    assert main(_train_args(fake_mnist, "--resume")) == 2
+    assert main(_train_args(fake_mnist)) == 0
+    capsys.readouterr()
+    assert main(_train_args(fake_mnist, "--resume", "--batch-size", "10")) == 2
     assert "checkpoint" in capsys.readouterr().err
 
     assert main(_train_args(tmp_path / "empty-folder")) == 2
