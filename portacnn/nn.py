@@ -247,16 +247,19 @@ class Conv2d(Module):
         bias = None if self.bias is None else self.bias.data
         xp, geometry = F.conv_geometry(
             x, self.weight.data, bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
-        # The patch matrix is kept for backward instead of the input: building
-        # it is a large share of a convolution's cost.
         patches = F.im2col(xp, x, geometry)
-        self._saved = (xp, patches, tuple(x.shape), geometry)
+        # In training the patch matrix is kept for backward (building it is a
+        # large share of a convolution's cost); in eval only the input is, so
+        # inference does not hold patch matrices between calls.
+        self._saved = (xp, x, patches if self.training else None, geometry)
         return F.conv2d_from_patches(xp, patches, x.shape[0], self.weight.data, bias, geometry)
 
     def backward(self, grad, input_grad=True):
-        xp, patches, input_shape, geometry = _require_input(self, "_saved")
+        xp, x, patches, geometry = _require_input(self, "_saved")
+        if patches is None:
+            patches = F.im2col(xp, x, geometry)
         grad_x, grad_weight, grad_bias = F.conv2d_backward_from_patches(
-            xp, grad, patches, input_shape, self.weight.data, geometry, input_grad)
+            xp, grad, patches, tuple(x.shape), self.weight.data, geometry, input_grad)
         _accumulate(self.weight, grad_weight)
         if self.bias is not None:
             _accumulate(self.bias, grad_bias)

@@ -320,3 +320,14 @@ def test_skipping_the_input_gradient_leaves_parameter_gradients_unchanged():
         grads.append([p.grad for p in model.parameters()])
     for with_input, without in zip(*grads):
         np.testing.assert_array_equal(with_input, without)
+
+
+def test_conv2d_backward_after_an_eval_forward_matches_training_mode():
+    x, grad = _image((2, 4, 9, 8)), _image((2, 3, 7, 6), seed=1)
+    results = []
+    for training in (True, False):
+        layer = nn.Conv2d(4, 3, 3, rng=0, dtype="float64").train(training)
+        layer.forward(x)
+        results.append((layer.backward(grad), layer.weight.grad, layer.bias.grad))
+    for trained, evaluated in zip(*results):
+        np.testing.assert_array_equal(trained, evaluated)
