@@ -41,7 +41,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest

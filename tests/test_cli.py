@@ -2,36 +2,19 @@
 
 import json
 import re
-import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_mnist import SHARED_MNIST, write_fake_mnist
 
 from portacnn import datasets
 from portacnn.cli import load_digit_image, main
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 HAVE_REAL_MNIST = SHARED_MNIST.is_dir()
 METRICS_KEYS = {"test_accuracy", "history", "backend", "device", "dtype", "wall_seconds"}
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
-
-
-def write_fake_mnist(folder: Path, n_train=60, n_test=20, seed=0) -> Path:
-    """Small MNIST-format IDX files (uncompressed) with random labels and a label-dependent bright square."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, count in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            row, col = 3 + 2 * (label % 5), 4 + 10 * (label // 5)
-            images[i, row:row + 8, col:col + 8] = 255
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
-    return folder
 
 
 def _patch_environment(monkeypatch, home):
@@ -50,7 +33,7 @@ def isolated(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fake_mnist(tmp_path):
-    return write_fake_mnist(tmp_path / "mnist")
+    return write_fake_mnist(tmp_path / "mnist", n_train=60, n_test=20)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +42,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as monkeypatch:
         _patch_environment(monkeypatch, root / "home")
-        data = SHARED_MNIST if HAVE_REAL_MNIST else write_fake_mnist(root / "mnist")
+        data = SHARED_MNIST if HAVE_REAL_MNIST else write_fake_mnist(root / "mnist", n_train=60, n_test=20)
         status = main(["train", "--data-dir", str(data), "--epochs", "1", "--train-size", "2000" if HAVE_REAL_MNIST
                        else "60", "--test-size", "200", "--batch-size", "20", "--lr", "0.02",
                        "--checkpoint-dir", str(root / "ck"), "--quiet"])

@@ -1,11 +1,10 @@
 """Tests for portacnn.training: config and presets, resume equivalence, divergence, real MNIST, backends."""
 
 import importlib.util
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_mnist import SHARED_MNIST, write_fake_mnist
 
 from portacnn import datasets
 from portacnn.checkpoint import load_checkpoint
@@ -14,24 +13,8 @@ from portacnn.models import lenet
 from portacnn.training import (PRESETS, ConfigError, TrainConfig, TrainingDivergedError, evaluate, prepare_images,
                                train)
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 needs_real_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
-
-
-def write_fake_mnist(folder: Path, n_train=120, n_test=40, seed=0) -> Path:
-    """Small MNIST-format IDX files: a blurry bright blob whose position encodes the label."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, count in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            row, col = 3 + 2 * (label % 5), 4 + 10 * (label // 5)
-            images[i, row:row + 8, col:col + 8] = 255
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
-    return folder
 
 
 @pytest.fixture(autouse=True)

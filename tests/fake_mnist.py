@@ -1,0 +1,23 @@
+"""Small MNIST-format IDX files for tests that must not depend on the real data."""
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def write_fake_mnist(folder: Path, n_train=120, n_test=40, seed=0) -> Path:
+    """Uncompressed IDX files: noise plus a bright square whose position encodes the label."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            row, col = 3 + 2 * (label % 5), 4 + 10 * (label // 5)
+            images[i, row:row + 8, col:col + 8] = 255
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
+    return folder
