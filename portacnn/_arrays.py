@@ -21,6 +21,20 @@ def describe_array(x) -> str:
     return f"{module} array on {where}"
 
 
+# array_namespace inspects its arguments on every call; the answer depends
+# only on the array type, and the math asks it for every op, so it is cached.
+_NAMESPACE_BY_TYPE: dict[type, object] = {}
+
+
+def _namespace_of_one(array):
+    kind = type(array)
+    namespace = _NAMESPACE_BY_TYPE.get(kind)
+    if namespace is None:
+        namespace = array_api_compat.array_namespace(array)
+        _NAMESPACE_BY_TYPE[kind] = namespace
+    return namespace
+
+
 def namespace_of(*arrays, names: tuple[str, ...] | None = None):
     """Return the array-API namespace shared by ``arrays`` (``None`` entries skipped).
 
@@ -31,17 +45,18 @@ def namespace_of(*arrays, names: tuple[str, ...] | None = None):
     present = [(i, a) for i, a in enumerate(arrays) if a is not None]
     labels = names or tuple(f"argument {i}" for i in range(len(arrays)))
     for i, a in present:
-        if not array_api_compat.is_array_api_obj(a):
+        if type(a) not in _NAMESPACE_BY_TYPE and not array_api_compat.is_array_api_obj(a):
             raise DTypeError(
                 f"{labels[i]} must be an array, got {type(a).__name__}; "
                 "convert it first, e.g. portacnn.to_device(numpy.asarray(value), 'numpy')"
             )
     first_index, first = present[0]
-    first_ns = array_api_compat.array_namespace(first)
+    first_ns = _namespace_of_one(first)
+    if len(present) == 1:
+        return first_ns
     first_device = array_api_compat.device(first)
     for i, a in present[1:]:
-        ns = array_api_compat.array_namespace(a)
-        if ns is not first_ns or array_api_compat.device(a) != first_device:
+        if _namespace_of_one(a) is not first_ns or array_api_compat.device(a) != first_device:
             raise BackendMismatchError(
                 f"{labels[first_index]} is a {describe_array(first)} but {labels[i]} is a "
                 f"{describe_array(a)}; move both to one place first, e.g. "
