@@ -60,6 +60,10 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves as a PNG (needs matplotlib)")
     parser.add_argument("--metrics-out", metavar="PATH", help="write the metrics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel across the processes of an MPI job: mpiexec -n N portacnn train "
+                             "--distributed ... (needs mpi4py: pip install 'portacnn[mpi]'); --batch-size stays the "
+                             "global batch; rank 0 alone prints and writes files")
     parser.set_defaults(handler=_run_train)
 
 
@@ -71,9 +75,9 @@ def _run_train(args) -> int:
         weight_decay=args.weight_decay, lr_step=args.lr_step, lr_gamma=args.lr_gamma, train_size=args.train_size,
         test_size=args.test_size, dtype=args.dtype, seed=args.seed, data_dir=args.data_dir,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, plot=args.plot, metrics_out=args.metrics_out,
-        quiet=args.quiet, preset=args.preset)
+        quiet=args.quiet, preset=args.preset, distributed=args.distributed)
     metrics = train(config)
-    if not args.quiet:
+    if not args.quiet and _lead():
         accuracy = metrics["test_accuracy"]
         print(f"final test accuracy: {accuracy:.4f}" if accuracy is not None else "no epoch was trained")
         print(f"wall time: {metrics['wall_seconds']:.1f}s")
@@ -294,6 +298,12 @@ def _run_parity(args) -> int:
 # entry point
 
 
+def _lead() -> bool:
+    """False on the ranks after the first of a distributed job (they print nothing)."""
+    distributed = sys.modules.get("portacnn.distributed")
+    return distributed is None or distributed.rank() == 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -320,7 +330,8 @@ def main(argv=None) -> int:
     try:
         return args.handler(args)
     except PortacnnError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if _lead():  # in a distributed job every rank raises the same error: say it once
+            print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

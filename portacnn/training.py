@@ -25,6 +25,15 @@ With ``checkpoint_dir`` set, ``<checkpoint_dir>/last.npz`` is written
 (atomically) at the end of every epoch; ``resume=True`` continues from it
 bit-for-bit (same parameters and history as an uninterrupted run, apart from
 the wall-clock ``seconds``).
+
+With ``distributed=True`` under an MPI launcher (``mpiexec -n N``), the N
+processes train one model data-parallel (see :mod:`portacnn.distributed`):
+each takes a disjoint shard of every global batch of ``batch_size`` images,
+the gradients are averaged (weighted by shard size) before each step, the
+epoch's losses and the evaluation are reduced across processes, and rank 0
+alone prints, shows the progress bar and writes checkpoints, metrics and
+plots. Results match a single process with the same settings up to float
+rounding. In a single process ``distributed=True`` changes nothing.
 """
 
 from __future__ import annotations
@@ -67,6 +76,8 @@ DEFAULT_PRESET = "fast"
 
 # Config fields that change the training trajectory: a resume must keep them.
 _RECIPE = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "train_size", "dtype", "seed")
+# Config fields that may differ between the ranks of a distributed run (everything else must agree).
+_PER_RANK = ("data_dir", "checkpoint_dir", "plot", "metrics_out", "quiet")
 
 
 class ConfigError(PortacnnError, ValueError):
@@ -85,7 +96,8 @@ class TrainConfig:
     ``$PORTACNN_BACKEND`` or numpy). ``train_size`` / ``test_size`` use the
     first N images of each split (None: all). ``data_dir`` None means
     ``load_mnist``'s default folder. ``checkpoint_dir`` None disables
-    checkpoints (and so ``resume``).
+    checkpoints (and so ``resume``). ``distributed`` trains data-parallel
+    across the processes of an MPI job (a no-op in a single process).
     """
 
     backend: str | None = None
@@ -107,6 +119,7 @@ class TrainConfig:
     metrics_out: str | None = None
     quiet: bool = False
     preset: str = DEFAULT_PRESET
+    distributed: bool = False
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -215,8 +228,10 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, description: str, quiet: bool):
-    if quiet or not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty()):
+def _progress_bar(total: int, description: str, quiet: bool, interactive: bool | None = None):
+    if interactive is None:
+        interactive = hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
+    if quiet or not interactive:
         return _NoBar()
     try:
         from tqdm import tqdm
@@ -325,35 +340,47 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
     model.train()
     n = len(order)
     # NumPy would warn about overflow before the loss turns NaN; _flush reports that clearly instead.
+    distributed = _distributed() if config.distributed and _distributed().is_distributed() else None
     with numpy.errstate(over="ignore", invalid="ignore"):
-        return _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, xp, n)
+        return _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, xp, n,
+                          distributed)
 
 
-def _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, xp, n):
+def _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, xp, n, distributed=None):
+    """One epoch of steps. With ``distributed`` (the module, in a multi-process
+    job) this process trains on its shard of each global batch and the
+    gradients are averaged across processes before every optimizer step."""
     steps = math.ceil(n / config.batch_size)
-    bar = _progress_bar(n, f"epoch {epoch}/{config.epochs}", config.quiet)
+    interactive = None if distributed is None else distributed.launcher_is_tty()
+    bar = _progress_bar(n, f"epoch {epoch}/{config.epochs}", config.quiet, interactive=interactive)
+    flush = _flush if distributed is None else _flush_distributed
     loss_sum, correct = 0.0, 0
     pending_losses, pending_logits, pending_labels = [], [], []
     first_pending = 1
     try:
         for step in range(1, steps + 1):
             index = order[(step - 1) * config.batch_size: step * config.batch_size]
-            x = to_device(prepare_images(images[index], config.dtype), placement)
-            host_labels = labels[index].astype(LABEL_DTYPE)
-            y = to_device(host_labels, placement)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            model.backward(loss_fn.backward(), input_grad=False)
+            local = index if distributed is None else distributed.shard(index)
+            if len(local):  # only the last, short batch can leave a process without images
+                x = to_device(prepare_images(images[local], config.dtype), placement)
+                host_labels = labels[local].astype(LABEL_DTYPE)
+                y = to_device(host_labels, placement)
+                logits = model(x)
+                loss = loss_fn(logits, y)  # the mean over this process's images ...
+                model.backward(loss_fn.backward(), input_grad=False)
+                pending_losses.append(loss)
+                pending_logits.append(logits)
+                pending_labels.append(host_labels)
+            if distributed is not None:
+                # ... so each gradient counts by its share of the batch: the sum is the batch mean's gradient.
+                distributed.allreduce_gradients(model, weight=len(local) / len(index))
             optimizer.step()
             optimizer.zero_grad()
 
-            pending_losses.append(loss)
-            pending_logits.append(logits)
-            pending_labels.append(host_labels)
             bar.update(len(index))
             if step % SYNC_EVERY == 0 or step == steps:
-                chunk_loss, chunk_correct = _flush(xp, pending_losses, pending_logits, pending_labels,
-                                                   epoch, first_pending, optimizer.lr)
+                chunk_loss, chunk_correct = flush(xp, pending_losses, pending_logits, pending_labels,
+                                                  epoch, first_pending, optimizer.lr)
                 loss_sum += chunk_loss
                 correct += chunk_correct
                 # tqdm shows the images/s itself (unit="img"); the running mean loss is ours.
@@ -363,6 +390,46 @@ def _run_steps(model, loss_fn, optimizer, images, labels, order, config, placeme
     finally:
         bar.close()
     return loss_sum / n, correct / n
+
+
+# --------------------------------------------------------------------------
+# data-parallel training (portacnn.distributed): the same steps, on each rank's shard
+
+
+def _distributed():
+    from . import distributed
+
+    return distributed
+
+
+def _flush_distributed(xp, pending_losses, pending_logits, pending_labels, epoch, first_step, lr):
+    """``_flush`` of this rank's share, then agreed by all ranks: the global (loss_sum, correct).
+
+    A loss that diverged on any rank raises the same ``TrainingDivergedError`` on every rank.
+    """
+    local, error = (0.0, 0), None
+    try:
+        if pending_losses:
+            local = _flush(xp, pending_losses, pending_logits, pending_labels, epoch, first_step, lr)
+    except TrainingDivergedError as diverged:
+        error = str(diverged)
+    gathered = _distributed().allgather((local, error))
+    for rank, (_, error) in enumerate(gathered):
+        if error:
+            raise TrainingDivergedError(error.replace("training diverged:", f"training diverged on rank {rank}:", 1))
+    return sum(loss for (loss, _), _ in gathered), sum(correct for (_, correct), _ in gathered)
+
+
+def _evaluate_distributed(model, images, labels):
+    """``evaluate`` with each rank scoring its shard of the test images; returns the global (loss, accuracy)."""
+    distributed = _distributed()
+    start, stop = distributed.shard_bounds(len(labels))
+    local = (0.0, 0)
+    if stop > start:
+        loss, _, predicted = evaluate(model, images[start:stop], labels[start:stop])
+        local = (loss * (stop - start), int(numpy.sum(predicted == numpy.asarray(labels[start:stop]))))
+    gathered = distributed.allgather(local)
+    return sum(loss for loss, _ in gathered) / len(labels), sum(correct for _, correct in gathered) / len(labels)
 
 
 def _plan(config: TrainConfig) -> str:
@@ -378,16 +445,38 @@ def train(config: TrainConfig) -> dict:
     Raises ``TrainingDivergedError`` when the loss becomes NaN or infinite,
     ``CheckpointError`` when a resume checkpoint is unreadable or from another
     recipe, ``DatasetError`` / ``BackendError`` for data or backend problems.
+    With ``config.distributed`` in an MPI job, any other failure on one rank
+    prints ``rank N failed: ...`` and ends every rank (``MPI_Abort``); every
+    rank returns the same metrics (apart from the wall-clock times).
     """
+    distributed = _distributed()
+    if not config.distributed:
+        if distributed.launched_size() > 1:
+            raise ConfigError(
+                f"this process is one of {distributed.launched_size()} started by an MPI launcher, but distributed "
+                "training is off: each would train alone and write the same files. Pass --distributed "
+                "(TrainConfig(distributed=True)), or run a single process")
+        return _train(config)
+    if distributed.init() == 1:
+        return _train(config)
+    with distributed.guard(collective=(TrainingDivergedError, distributed.DistributedError)):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> dict:
     from .models import lenet
     from .nn import CrossEntropyLoss
     from .optim import SGD, StepLR
 
     started = time.perf_counter()
     config.validate()
+    distributed = _distributed() if config.distributed and _distributed().is_distributed() else None
+    lead = distributed is None or distributed.rank() == 0  # the one process that prints and writes files
+    if not lead:
+        config = dataclasses.replace(config, quiet=True)
     if config.plot:
         _require_matplotlib()
-    placement = parse_spec(config.backend)
+    placement = parse_spec(config.backend if distributed is None else distributed.local_device_spec(config.backend))
     device = get_backend(placement.backend).device_label(placement.device)
 
     checkpoint = None
@@ -404,6 +493,9 @@ def train(config: TrainConfig) -> dict:
     train_images, train_labels, test_images, test_labels = _load_data(config)
     if config.batch_size > len(train_labels):
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(train_labels)} training images")
+    if distributed is not None and config.batch_size < distributed.world_size():
+        raise ConfigError(f"batch_size {config.batch_size} is smaller than the {distributed.world_size()} processes: "
+                          "each needs at least one image of every batch")
 
     model = lenet(seed=config.seed, dtype=config.dtype, device=placement)
     loss_fn = CrossEntropyLoss()
@@ -417,6 +509,12 @@ def train(config: TrainConfig) -> dict:
         history = [dict(h) for h in checkpoint["history"]]
         start_epoch = checkpoint["epoch"]
         _say(config, f"resuming from {config.checkpoint_path} after epoch {start_epoch}")
+    if distributed is not None:
+        # Every rank must start from the same weights, shuffling, settings and data sizes (a broadcast checksum).
+        settings = {k: v for k, v in config.to_dict().items() if k not in _PER_RANK}
+        distributed.check_parameters(model, extra=json.dumps(
+            [settings, start_epoch, len(train_labels), len(test_labels), rng.bit_generator.state],
+            sort_keys=True, default=str))
 
     def metrics() -> dict:
         return {
@@ -428,7 +526,9 @@ def train(config: TrainConfig) -> dict:
             "wall_seconds": time.perf_counter() - started,
         }
 
-    _say(config, f"training LeNet on {placement.spec}; {_plan(config)}")
+    where = placement.spec if distributed is None else (
+        f"{distributed.world_size()} MPI processes ({placement.spec} on rank 0), data-parallel")
+    _say(config, f"training LeNet on {where}; {_plan(config)}")
     for epoch in range(start_epoch + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
         order = rng.permutation(len(train_labels))
@@ -440,7 +540,10 @@ def train(config: TrainConfig) -> dict:
         lr = optimizer.lr
         scheduler.step()
         with numpy.errstate(over="ignore", invalid="ignore"):
-            test_loss, test_accuracy, _ = evaluate(model, test_images, test_labels)
+            if distributed is None:
+                test_loss, test_accuracy, _ = evaluate(model, test_images, test_labels)
+            else:
+                test_loss, test_accuracy = _evaluate_distributed(model, test_images, test_labels)
         if not (math.isfinite(test_loss) and math.isfinite(train_loss)):
             raise TrainingDivergedError(
                 f"training diverged: the test loss became {test_loss} after epoch {epoch}, step "
@@ -457,19 +560,19 @@ def train(config: TrainConfig) -> dict:
         })
         _say(config, f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
                      f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {history[-1]['seconds']:.1f}s")
-        if config.checkpoint_path is not None:
+        if config.checkpoint_path is not None and lead:
             save_checkpoint(config.checkpoint_path, model, optimizer, scheduler, epoch, rng, config.to_dict(),
                             history, architecture="lenet")
-        if config.metrics_out:
+        if config.metrics_out and lead:
             write_metrics(config.metrics_out, metrics())
-        if config.plot:
+        if config.plot and lead:
             write_plot(config.plot, history)
 
     result = metrics()
     if start_epoch >= config.epochs:
         _say(config, f"the checkpoint already has {start_epoch} epochs (asked for {config.epochs}); nothing to train")
-        if config.plot and history:
+        if config.plot and history and lead:
             write_plot(config.plot, history)
-    if config.metrics_out:
+    if config.metrics_out and lead:
         write_metrics(config.metrics_out, result)  # again, so wall_seconds covers the whole call
     return result
