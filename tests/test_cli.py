@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as monkeypatch:
         _patch_environment(monkeypatch, root / "home")
-        data = SHARED_MNIST if HAVE_REAL_MNIST else write_fake_mnist(root / "mnist", n_train=60, n_test=20)
+        data = SHARED_MNIST if HAVE_REAL_MNIST else write_fake_mnist(root / "mnist", n_train=60, n_test=200)
         status = main(["train", "--data-dir", str(data), "--epochs", "1", "--train-size", "2000" if HAVE_REAL_MNIST
                        else "60", "--test-size", "200", "--batch-size", "20", "--lr", "0.02",
                        "--checkpoint-dir", str(root / "ck"), "--quiet"])
