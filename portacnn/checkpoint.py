@@ -196,7 +196,7 @@ def load_checkpoint(path) -> dict:
             if _METADATA not in archive.files:
                 raise CheckpointError(
                     f"{path} is not a portacnn checkpoint: it is an .npz without a '{_METADATA}' entry")
-            entries = {name: archive[name] for name in archive.files}
+            entries = {name: _read_entry(path, archive, name) for name in archive.files}
     except CheckpointError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as exc:
@@ -206,7 +206,7 @@ def load_checkpoint(path) -> dict:
 
     metadata = _parse_metadata(path, entries.pop(_METADATA))
     version = metadata.get("format_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(f"{path} is not a portacnn checkpoint: its metadata has no integer format_version")
     if version > FORMAT_VERSION:
         raise CheckpointError(
@@ -226,6 +226,7 @@ def load_checkpoint(path) -> dict:
             raise CheckpointError(f"{path} has an unexpected entry {name!r}; is it a portacnn checkpoint?")
     if not model:
         raise CheckpointError(f"{path} holds no model arrays (no 'model/<name>' entries)")
+    _check_metadata_fields(path, metadata)
     return {
         "path": str(path),
         "format_version": version,
@@ -240,6 +241,46 @@ def load_checkpoint(path) -> dict:
         "scheduler": metadata.get("scheduler"),
         "portacnn_version": metadata.get("portacnn_version"),
     }
+
+
+def _read_entry(path: Path, archive, name: str) -> numpy.ndarray:
+    try:
+        return archive[name]
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise CheckpointError(
+            f"{path} is not a portacnn checkpoint: its entry {name!r} holds pickled Python objects, and portacnn "
+            "never unpickles (loading a pickle can run arbitrary code). Only load such a file with NumPy yourself "
+            "if you trust where it came from") from None
+
+
+#: Metadata fields and the JSON types they must have (None allowed where a field may be null).
+_METADATA_TYPES = {
+    "architecture": (str,),
+    "architecture_kwargs": (dict, type(None)),
+    "epoch": (int,),
+    "config": (dict, type(None)),
+    "history": (list, type(None)),
+    "rng": (dict, type(None)),
+    "optimizer": (dict, type(None)),
+    "scheduler": (dict, type(None)),
+}
+
+
+def _check_metadata_fields(path: Path, metadata: dict) -> None:
+    """Fields present must have the JSON type ``save_checkpoint`` writes, so later steps cannot crash on them."""
+    wrong = [f"{name} is {type(metadata[name]).__name__}, expected "
+             + " or ".join("null" if t is type(None) else {"str": "string", "dict": "object", "list": "array"}
+                           .get(t.__name__, t.__name__) for t in types)
+             for name, types in _METADATA_TYPES.items()
+             if name in metadata and (not isinstance(metadata[name], types) or isinstance(metadata[name], bool))]
+    epoch = metadata.get("epoch", 0)
+    if not wrong and epoch < 0:
+        wrong.append(f"epoch is {epoch}, expected >= 0")
+    if wrong:
+        raise CheckpointError(f"{path} has malformed metadata ({'; '.join(wrong)}); it was not written by "
+                              "portacnn's save_checkpoint, or was edited")
 
 
 def _parse_metadata(path: Path, raw: numpy.ndarray) -> dict:
@@ -277,8 +318,13 @@ def build_model(checkpoint: dict, device=None, dtype=None):
         raise CheckpointError(
             f"{checkpoint.get('path', 'checkpoint')} was saved from architecture {name!r}, which this portacnn "
             f"cannot build; known architectures: {', '.join(sorted(ARCHITECTURES))}")
-    model = ARCHITECTURES[name](dtype=dtype or _model_dtype(checkpoint), device=device,
-                                **checkpoint.get("architecture_kwargs", {}))
+    kwargs = checkpoint.get("architecture_kwargs") or {}
+    try:
+        model = ARCHITECTURES[name](dtype=dtype or _model_dtype(checkpoint), device=device, **kwargs)
+    except TypeError as exc:  # an option this version's builder does not take
+        raise CheckpointError(
+            f"{checkpoint.get('path', 'checkpoint')}: cannot build architecture {name!r} with the saved options "
+            f"{kwargs} ({exc}); was it saved by another portacnn version?") from exc
     model.load_state_dict(checkpoint["model"])
     return model
 
@@ -300,7 +346,7 @@ def restore_training_state(checkpoint: dict, model, optimizer=None, scheduler=No
             raise CheckpointError(f"{path} holds {saved_type} state but the optimizer is {type(optimizer).__name__}")
         try:
             optimizer.load_state_dict({k: v for k, v in state.items() if k != "type"})
-        except (KeyError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: optimizer state does not fit ({exc})") from exc
     if scheduler is not None:
         state = checkpoint.get("scheduler")
@@ -308,7 +354,7 @@ def restore_training_state(checkpoint: dict, model, optimizer=None, scheduler=No
             raise CheckpointError(f"{path} holds no learning-rate scheduler state")
         try:
             scheduler.load_state_dict({k: v for k, v in state.items() if k != "type"})
-        except (KeyError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: scheduler state does not fit ({exc})") from exc
     if rng is not None:
         state = checkpoint.get("rng")

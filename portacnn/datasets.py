@@ -133,8 +133,13 @@ def load_mnist(split="train", root=None, download=True, *, dtype="uint8", verify
 def _find(folder: Path, name: str) -> Path | None:
     """Return ``folder/name.gz`` or ``folder/name`` (in that order of preference), whichever exists."""
     for candidate in (folder / f"{name}.gz", folder / name):
-        if candidate.exists():
-            return candidate
+        try:
+            if candidate.exists():
+                return candidate
+        except OSError as exc:  # e.g. no permission to look inside the folder
+            raise DatasetError(
+                f"cannot look for {candidate.name} in {folder}: {exc.strerror or exc}. Check the folder's "
+                "permissions, or point root= / --data-dir / PORTACNN_DATA at a readable folder.") from exc
     return None
 
 
@@ -195,6 +200,8 @@ def _md5(data: bytes) -> str:
 
 def _missing_message(folder: Path, missing: list[str], why: str) -> str:
     files = ", ".join(f"{name}(.gz)" for name in missing)
+    if folder.is_file():
+        why += f"; {folder} is a file, not a folder"
     return (
         f"MNIST files missing from {folder} ({why}): {files}. Put the four standard IDX files "
         "(gzipped or not) in that folder, or point root= / --data-dir / the PORTACNN_DATA "

@@ -51,7 +51,7 @@ import traceback
 import numpy
 
 from .backends import placement_of, to_device, to_numpy
-from .errors import PortacnnError
+from .errors import ArgumentError, DTypeError, PortacnnError
 
 __all__ = [
     "DistributedError", "GPU_ALLREDUCE_VAR", "init", "rank", "world_size", "local_rank", "is_distributed",
@@ -184,7 +184,7 @@ def shard_bounds(n: int, rank_: int | None = None, size: int | None = None) -> t
     rank_ = _state.rank if rank_ is None else rank_
     size = _state.size if size is None else size
     if not 0 <= rank_ < size:
-        raise ValueError(f"rank must be in [0, {size}), got {rank_}")
+        raise ArgumentError(f"rank must be in [0, {size}), got {rank_}")
     return n * rank_ // size, n * (rank_ + 1) // size
 
 
@@ -207,7 +207,7 @@ def _flatten(arrays):
     xp = placement_of(arrays[0]).namespace
     dtypes = {str(a.dtype) for a in arrays}
     if len(dtypes) > 1:
-        raise TypeError(f"all parameters must share one dtype to travel in one buffer, got {sorted(dtypes)}")
+        raise DTypeError(f"all parameters must share one dtype to travel in one buffer, got {sorted(dtypes)}")
     return xp.concat([xp.reshape(a, (-1,)) for a in arrays]), xp
 
 

@@ -11,6 +11,22 @@ class PortacnnError(Exception):
     """Base class of every error portacnn raises deliberately."""
 
 
+class ArgumentError(PortacnnError, ValueError):
+    """A hyper-parameter or option has an invalid value (kernel_size=0, stride=-1, p=1.5, lr=0, ...)."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """A hyper-parameter or option has the wrong type (kernel_size=2.5, padding='same', ...).
+
+    Both a ``ValueError`` (it is an :class:`ArgumentError`) and a ``TypeError``,
+    so either ``except`` clause a caller already has catches it.
+    """
+
+
+class UsageError(PortacnnError, RuntimeError):
+    """A method was called out of order, e.g. ``backward`` before ``forward``."""
+
+
 class BackendError(PortacnnError, ValueError):
     """A backend specifier is malformed, unknown, or not usable on this machine."""
 

@@ -18,6 +18,7 @@ see (JAX arrays are immutable, NumPy inputs may be read-only).
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 
 from typing import NamedTuple
@@ -25,7 +26,7 @@ from typing import NamedTuple
 import array_api_extra as xpx
 
 from ._arrays import device_of, namespace_of
-from .errors import DTypeError, ShapeError
+from .errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
 
 __all__ = [
     "conv2d", "conv2d_backward",
@@ -45,31 +46,94 @@ __all__ = [
 # argument checking shared by the ops
 
 
-def _pair(value, name: str, *, minimum: int) -> tuple[int, int]:
-    """Accept an int or a pair of ints, as PyTorch does, and check the bound."""
-    def as_int(v):
-        if isinstance(v, bool):
-            raise TypeError
-        return operator.index(v)  # ints and NumPy integers, never floats
+def _as_int(value) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    return operator.index(value)  # ints and NumPy integers, never floats
 
+
+def _type_hint(value, name: str) -> str:
+    if isinstance(value, str) and name.endswith("padding"):
+        return ("; string padding such as 'same' is not supported: for stride 1 and an odd kernel size k, "
+                "padding=k // 2 keeps the height and width")
     try:
-        pair = (as_int(value),) * 2 if not hasattr(value, "__len__") else tuple(as_int(v) for v in value)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
     except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        return ""
+    if any(isinstance(v, float) for v in values):
+        return "; pass whole numbers, e.g. 2 rather than 2.0"
+    return ""
+
+
+def _pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """Accept an int or a pair of ints, as PyTorch does, and check the bound.
+
+    Raises ``ArgumentTypeError`` (a TypeError) for anything else and
+    ``ArgumentError`` (a ValueError) for a value below ``minimum``.
+    """
+    try:
+        if hasattr(value, "__len__") and not isinstance(value, str):
+            pair = tuple(_as_int(v) for v in value)
+        else:
+            pair = (_as_int(value),) * 2
+    except TypeError:
+        raise ArgumentTypeError(
+            f"{name} must be an int or a pair of ints (height, width), got {value!r}{_type_hint(value, name)}"
+        ) from None
     if len(pair) != 2:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise ArgumentTypeError(
+            f"{name} must be an int or a pair of ints (height, width), got {len(pair)} values: {value!r}")
     if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        what = "positive" if minimum == 1 else "non-negative" if minimum == 0 else f">= {minimum}"
+        raise ArgumentError(f"{name} must be >= {minimum} ({what}) in both directions, got {value!r}")
     return pair
 
 
+def _is_real_number(value) -> bool:
+    """A Python or NumPy int/float (not a bool, string or array)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_probability(p, name: str) -> float:
+    """A dropout probability: a real number in [0, 1)."""
+    if not _is_real_number(p):
+        raise ArgumentTypeError(f"{name} must be a number in [0, 1), got {p!r} ({type(p).__name__})")
+    if not 0.0 <= float(p) < 1.0:  # NaN fails too
+        raise ArgumentError(f"{name} must be in [0, 1) (the fraction of elements zeroed), got {p!r}")
+    return float(p)
+
+
+def _check_number(value, name: str, *, low: float, high: float | None = None, low_inclusive=True,
+                  hint: str = "") -> float:
+    """A real (non-bool) number in [low, high] (or (low, high] without ``low_inclusive``)."""
+    if not _is_real_number(value):
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    number = float(value)
+    ok = (number >= low if low_inclusive else number > low) and (high is None or number <= high)
+    if not ok:  # NaN fails every comparison, so it lands here too
+        lower = f"{'>=' if low_inclusive else '>'} {low:g}"
+        wanted = lower if high is None else f"{lower} and <= {high:g}"
+        raise ArgumentError(f"{name} must be {wanted}, got {value!r}{hint}")
+    return number
+
+
+_INTEGRAL_HINT = (" (integer data such as uint8 images: convert it first, e.g. x.astype(float32) / 255 for "
+                  "0-255 pixels, or portacnn.training.prepare_images(images, 'float32') for NumPy images)")
+
+
 def _require_float(xp, x, name: str) -> None:
-    if not xp.isdtype(x.dtype, "real floating"):
-        hint = (
-            " (uint8 images: convert with x.astype(float32) / 255 first)"
-            if xp.isdtype(x.dtype, "integral") else ""
-        )
-        raise DTypeError(f"{name} must be a real floating-point array (float32 or float64), got {x.dtype}{hint}")
+    dtype = x.dtype
+    if xp.isdtype(dtype, "real floating"):
+        return
+    if xp.isdtype(dtype, "integral"):
+        hint = _INTEGRAL_HINT
+    elif dtype == xp.bool:
+        hint = " (a boolean array: convert it with x.astype(float32) first)"
+    elif xp.isdtype(dtype, "complex floating"):
+        hint = " (complex numbers are not supported: pass the real part or the magnitude)"
+    else:
+        hint = ""
+    raise DTypeError(f"{name} must be a real floating-point array (float32 or float64), got {dtype}{hint}")
 
 
 def _require_same_dtype(x, other, x_name: str, other_name: str) -> None:
@@ -80,11 +144,39 @@ def _require_same_dtype(x, other, x_name: str, other_name: str) -> None:
         )
 
 
+def _ndim_hint(got: int, wanted: int) -> str:
+    if wanted == 4 and got == 2:
+        return ("; this looks like a flattened image batch: reshape it to (N, C, H, W), "
+                "e.g. x.reshape(-1, 1, 28, 28) for MNIST")
+    if wanted == 4 and got == 3:
+        return ("; add the missing axis: x[:, None] turns (N, H, W) grayscale images into (N, 1, H, W), "
+                "x[None] turns one (C, H, W) image into a batch of one")
+    if wanted == 2 and got > 2:
+        return "; flatten it first: put a Flatten() layer before Linear, or reshape it to (N, -1)"
+    if got == wanted - 1:
+        return "; one sample? add the batch axis with x[None]"
+    return ""
+
+
 def _require_ndim(x, ndim: int, name: str, layout: str) -> None:
     if x.ndim != ndim:
-        raise ShapeError(f"{name} must be a {ndim}-D array of shape {layout}, got shape {tuple(x.shape)}")
+        raise ShapeError(
+            f"{name} must be a {ndim}-D array of shape {layout}, got shape {tuple(x.shape)} ({x.ndim}-D)"
+            + _ndim_hint(x.ndim, ndim))
     if x.shape[0] == 0:
         raise ShapeError(f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one sample")
+
+
+def _check_grad(grad_out, x, expected_shape, op: str) -> None:
+    """grad_out must be an array on x's backend and device, with x's dtype and the forward output's shape."""
+    namespace_of(grad_out, x, names=("grad_out", "x"))
+    if grad_out.dtype != x.dtype:
+        raise DTypeError(
+            f"{op}: grad_out has dtype {grad_out.dtype} but x has dtype {x.dtype}; the gradient must have the "
+            "dtype of the forward input (cast it, or keep the model and the data in one dtype)")
+    if tuple(grad_out.shape) != tuple(expected_shape):
+        raise ShapeError(f"{op}: grad_out must have shape {tuple(expected_shape)} (the forward output's), "
+                         f"got {tuple(grad_out.shape)}")
 
 
 def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -170,12 +262,14 @@ def conv_geometry(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     _require_ndim(x, 4, "conv2d input x", "(N, C, H, W)")
     if weight.ndim != 4:
         raise ShapeError(f"conv2d weight must have shape (out_channels, in_channels, kh, kw), got {tuple(weight.shape)}")
+    if min(weight.shape) < 1:
+        raise ShapeError(f"conv2d weight shape {tuple(weight.shape)} has an empty axis; every size must be >= 1")
     _require_same_dtype(x, weight, "x", "weight")
     _require_same_dtype(x, bias, "x", "bias")
     if x.shape[1] != weight.shape[1]:
         raise ShapeError(
-            f"conv2d: x has {x.shape[1]} channels but weight expects {weight.shape[1]} "
-            f"(weight shape {tuple(weight.shape)}); check in_channels of the layer"
+            f"conv2d: x has {x.shape[1]} channels but weight expects {weight.shape[1]} (x shape {tuple(x.shape)}, "
+            f"weight shape {tuple(weight.shape)}); the layer's in_channels must equal the channels of its input"
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ShapeError(f"conv2d bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
@@ -216,9 +310,7 @@ def conv2d_backward_from_patches(xp, grad_out, cols, input_shape, weight, geomet
     """Gradients of conv2d from the forward's patch matrix → ``(grad_x or None, grad_weight, grad_bias)``."""
     n, c, height, width = input_shape
     out_channels, (oh, ow), padding = weight.shape[0], geometry.out_hw, geometry.padding
-    expected = (n, out_channels, oh, ow)
-    if tuple(grad_out.shape) != expected:
-        raise ShapeError(f"conv2d_backward: grad_out must have shape {expected}, got {tuple(grad_out.shape)}")
+    _check_grad(grad_out, cols, (n, out_channels, oh, ow), "conv2d_backward")
     grad = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (out_channels, n * oh * ow))
     grad_weight = xp.reshape(xp.matmul(grad, cols.T), tuple(weight.shape))
     grad_bias = xp.sum(grad, axis=1)
@@ -248,7 +340,7 @@ def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
     without a bias ignores it.
     """
     xp, geometry = conv_geometry(x, weight, None, stride=stride, padding=padding, dilation=dilation)
-    namespace_of(grad_out, x, names=("grad_out", "x"))
+    _check_grad(grad_out, x, (x.shape[0], weight.shape[0], *geometry.out_hw), "conv2d_backward")
     return conv2d_backward_from_patches(xp, grad_out, im2col(xp, x, geometry), tuple(x.shape), weight, geometry)
 
 
@@ -263,16 +355,17 @@ def _pool_setup(x, kernel_size, stride, padding, op: str):
     kernel = _pair(kernel_size, "kernel_size", minimum=1)
     stride = kernel if stride is None else _pair(stride, "stride", minimum=1)
     padding = _pair(padding, "padding", minimum=0)
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
+    _check_pool_padding(padding, kernel, op)
     out_hw = _output_hw(x, kernel, stride, padding, (1, 1), op)
     out_shape = (x.shape[0], x.shape[1], *out_hw)
     return xp, kernel, out_shape, padding, _tap_slices(kernel, stride, (1, 1), out_hw)
 
 
-def _check_grad_shape(grad_out, expected_shape, op: str):
-    if tuple(grad_out.shape) != tuple(expected_shape):
-        raise ShapeError(f"{op}: grad_out must have shape {tuple(expected_shape)}, got {tuple(grad_out.shape)}")
+def _check_pool_padding(padding, kernel, op: str) -> None:
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ArgumentError(
+            f"{op}: padding {padding} must be at most half the kernel size {kernel} (as in PyTorch: a window must "
+            f"never lie entirely in the padding); use padding <= {(kernel[0] // 2, kernel[1] // 2)}")
 
 
 def _padded_shape(x, padding):
@@ -297,8 +390,7 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0):
     accepting once it has a winner.
     """
     xp, _, out_shape, padding, slices = _pool_setup(x, kernel_size, stride, padding, "max_pool2d_backward")
-    namespace_of(grad_out, x, names=("grad_out", "x"))
-    _check_grad_shape(grad_out, out_shape, "max_pool2d_backward")
+    _check_grad(grad_out, x, out_shape, "max_pool2d_backward")
     taps = _taps(_pad_spatial(xp, x, padding, -math.inf), slices)
     out = taps[0]
     for tap in taps[1:]:
@@ -327,16 +419,17 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0):
     """Gradient of ``avg_pool2d``: each input gets 1/window of every window it is in."""
     xp, kernel, out_shape, padding, slices = _pool_setup(x, kernel_size, stride, padding, "avg_pool2d_backward")
-    namespace_of(grad_out, x, names=("grad_out", "x"))
-    _check_grad_shape(grad_out, out_shape, "avg_pool2d_backward")
+    _check_grad(grad_out, x, out_shape, "avg_pool2d_backward")
     share = grad_out / (kernel[0] * kernel[1])
     grad_x = _scatter_taps(xp, _padded_shape(x, padding), x.dtype, device_of(x), slices, [share] * len(slices))
     return _unpad_spatial(grad_x, padding)
 
 
 def _check_lp_norm(p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-        raise ValueError(f"lp_pool2d: p must be a positive number or math.inf, got {p!r}")
+    if not _is_real_number(p):
+        raise ArgumentTypeError(f"lp_pool2d: p must be a positive number or math.inf, got {p!r} ({type(p).__name__})")
+    if not p > 0:
+        raise ArgumentError(f"lp_pool2d: p must be a positive number or math.inf, got {p!r}")
     return float(p)
 
 
@@ -362,19 +455,24 @@ def lp_pool2d_backward(grad_out, x, p, kernel_size, stride=None):
     """Gradient of ``lp_pool2d``: d out / d x_k = x_k**(p-1) * out**(1-p) / window.
 
     Where a window's power mean is zero the gradient is taken as zero (the
-    derivative is undefined there for p > 1).
+    derivative is undefined there for p > 1). For p < 1 the derivative at an
+    input of exactly zero is infinite; it is taken as zero too, so the
+    gradient stays finite.
     """
     p = _check_lp_norm(p)
     if math.isinf(p):
         return max_pool2d_backward(grad_out, x, kernel_size, stride)
-    xp, kernel, _, _, slices = _pool_setup(x, kernel_size, stride, 0, "lp_pool2d_backward")
-    namespace_of(grad_out, x, names=("grad_out", "x"))
+    xp, kernel, out_shape, _, slices = _pool_setup(x, kernel_size, stride, 0, "lp_pool2d_backward")
+    _check_grad(grad_out, x, out_shape, "lp_pool2d_backward")
     out = lp_pool2d(x, p, kernel_size, stride)
-    _check_grad_shape(grad_out, out.shape, "lp_pool2d_backward")
     positive = out > 0
     safe_out = xp.where(positive, out, xp.ones_like(out))
     scale = xp.where(positive, grad_out * safe_out ** (1.0 - p), xp.zeros_like(out)) / (kernel[0] * kernel[1])
-    tap_grads = [scale * tap ** (p - 1.0) for tap in _taps(x, slices)]
+    if p >= 1.0:
+        tap_grads = [scale * tap ** (p - 1.0) for tap in _taps(x, slices)]
+    else:  # 0 ** (p - 1) is inf: keep it out of the product (0 * inf would be NaN)
+        tap_grads = [scale * xp.where(tap > 0, tap, xp.ones_like(tap)) ** (p - 1.0) * xp.astype(tap > 0, x.dtype)
+                     for tap in _taps(x, slices)]
     return _scatter_taps(xp, tuple(x.shape), x.dtype, device_of(x), slices, tap_grads)
 
 
@@ -391,7 +489,8 @@ def _linear_setup(x, weight, bias):
     if weight.ndim != 2 or weight.shape[1] != x.shape[1]:
         raise ShapeError(
             f"linear: x has {x.shape[1]} features but weight has shape {tuple(weight.shape)} "
-            f"(expected (out_features, {x.shape[1]})); flatten the input or fix in_features"
+            f"(expected (out_features, {x.shape[1]}); x shape {tuple(x.shape)}); the layer's in_features must equal "
+            "the features of its input: check the Flatten before it and the input image size"
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ShapeError(f"linear bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
@@ -408,8 +507,7 @@ def linear(x, weight, bias=None):
 def linear_backward(grad_out, x, weight):
     """Gradients of ``linear`` → ``(grad_x, grad_weight, grad_bias)``."""
     xp = _linear_setup(x, weight, None)
-    namespace_of(grad_out, x, names=("grad_out", "x"))
-    _check_grad_shape(grad_out, (x.shape[0], weight.shape[0]), "linear_backward")
+    _check_grad(grad_out, x, (x.shape[0], weight.shape[0]), "linear_backward")
     return xp.matmul(grad_out, weight), xp.matmul(grad_out.T, x), xp.sum(grad_out, axis=0)
 
 
@@ -420,9 +518,24 @@ def linear_backward(grad_out, x, weight):
 def _elementwise_setup(x, name: str, grad_out=None):
     xp = namespace_of(x, grad_out, names=("x", "grad_out"))
     _require_float(xp, x, f"{name} input x")
-    if grad_out is not None and tuple(grad_out.shape) != tuple(x.shape):
-        raise ShapeError(f"{name}: grad_out shape {tuple(grad_out.shape)} differs from x shape {tuple(x.shape)}")
+    if grad_out is not None:
+        _check_grad(grad_out, x, x.shape, name)
     return xp
+
+
+def _check_axis(x, axis, name: str) -> None:
+    """``axis`` must name an existing, non-empty axis of ``x`` (softmax and log-softmax reduce over it)."""
+    try:
+        axis = _as_int(axis)
+    except TypeError:
+        raise ArgumentTypeError(f"{name}: axis must be an int, got {axis!r}") from None
+    if not -x.ndim <= axis < x.ndim:
+        raise ArgumentError(
+            f"{name}: axis {axis} is out of range for an input of shape {tuple(x.shape)} ({x.ndim}-D); "
+            "for logits of shape (N, num_classes) use axis=-1 (or 1)")
+    if x.shape[axis] == 0:
+        raise ShapeError(f"{name}: axis {axis} of the input (shape {tuple(x.shape)}) is empty; there is nothing "
+                         "to normalise over")
 
 
 # Masks are applied by multiplying with a 0/1 array rather than with
@@ -467,23 +580,27 @@ def tanh_backward(grad_out, x):
 def log_softmax(x, axis: int = -1):
     """``x - logsumexp(x)`` with the maximum subtracted first, so large logits stay finite."""
     xp = _elementwise_setup(x, "log_softmax")
+    _check_axis(x, axis, "log_softmax")
     shifted = x - xp.max(x, axis=axis, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
 def log_softmax_backward(grad_out, x, axis: int = -1):
     xp = _elementwise_setup(x, "log_softmax_backward", grad_out)
+    _check_axis(x, axis, "log_softmax_backward")
     return grad_out - xp.exp(log_softmax(x, axis)) * xp.sum(grad_out, axis=axis, keepdims=True)
 
 
 def softmax(x, axis: int = -1):
     xp = _elementwise_setup(x, "softmax")
+    _check_axis(x, axis, "softmax")
     e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
     return e / xp.sum(e, axis=axis, keepdims=True)
 
 
 def softmax_backward(grad_out, x, axis: int = -1):
     xp = _elementwise_setup(x, "softmax_backward", grad_out)
+    _check_axis(x, axis, "softmax_backward")
     s = softmax(x, axis)
     return s * (grad_out - xp.sum(grad_out * s, axis=axis, keepdims=True))
 
@@ -492,18 +609,40 @@ def softmax_backward(grad_out, x, axis: int = -1):
 # loss
 
 
-def _cross_entropy_setup(logits, labels):
+def _cross_entropy_setup(logits, labels, check_labels: bool):
     xp = namespace_of(logits, labels, names=("logits", "labels"))
     _require_float(xp, logits, "cross_entropy logits")
     _require_ndim(logits, 2, "cross_entropy logits", "(N, num_classes)")
     if not xp.isdtype(labels.dtype, "integral"):
-        raise DTypeError(f"cross_entropy labels must be integer class indices, got dtype {labels.dtype}")
+        raise DTypeError(
+            f"cross_entropy labels must be integer class indices (e.g. int64), got dtype {labels.dtype}; "
+            "one-hot or probability targets are not supported: pass the class numbers, e.g. argmax(targets, axis=1)")
     if tuple(labels.shape) != (logits.shape[0],):
         raise ShapeError(
             f"cross_entropy labels must have shape ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
             f"got {tuple(labels.shape)}"
         )
+    num_classes = logits.shape[1]
+    if num_classes == 0:
+        raise ShapeError(f"cross_entropy logits have no classes (shape {tuple(logits.shape)})")
+    if check_labels:
+        _check_label_range(xp, labels, num_classes)
     return xp
+
+
+def _check_label_range(xp, labels, num_classes: int) -> None:
+    """One reduction over the labels; reading its answer waits for the device (a sync on GPUs)."""
+    info = xp.iinfo(labels.dtype)
+    too_small = labels < 0 if info.min < 0 else None
+    too_large = labels >= num_classes if num_classes <= info.max else None
+    bad = too_small if too_large is None else too_large if too_small is None else too_small | too_large
+    if bad is None or not bool(xp.any(bad)):
+        return
+    low, high = int(xp.min(labels)), int(xp.max(labels))
+    raise ArgumentError(
+        f"cross_entropy labels must be class indices in [0, {num_classes - 1}] for logits with {num_classes} "
+        f"classes, got labels from {low} to {high}; check the labels, or give the last layer as many outputs "
+        "as there are classes")
 
 
 def _one_hot(xp, labels, num_classes: int, dtype):
@@ -512,16 +651,24 @@ def _one_hot(xp, labels, num_classes: int, dtype):
     return xp.astype(xp.reshape(labels, (-1, 1)) == classes, dtype)
 
 
-def cross_entropy(logits, labels):
-    """Mean negative log-likelihood of integer ``labels`` under softmax(``logits``); a 0-d array."""
-    xp = _cross_entropy_setup(logits, labels)
+def cross_entropy(logits, labels, *, check_labels: bool = True):
+    """Mean negative log-likelihood of integer ``labels`` under softmax(``logits``); a 0-d array.
+
+    With ``check_labels`` (the default) a label outside ``[0, num_classes)``
+    raises ``ArgumentError`` instead of silently counting as no class. The
+    check is one reduction over the labels, but reading its answer waits for
+    the device: on a GPU that is a host sync per call, so a loop whose labels
+    are already known to be valid (checked once on the host) may pass
+    ``check_labels=False``.
+    """
+    xp = _cross_entropy_setup(logits, labels, check_labels)
     target = _one_hot(xp, labels, logits.shape[1], logits.dtype)
     return -xp.sum(target * log_softmax(logits)) / logits.shape[0]
 
 
-def cross_entropy_backward(logits, labels):
-    """Gradient of the mean ``cross_entropy`` with respect to ``logits``."""
-    xp = _cross_entropy_setup(logits, labels)
+def cross_entropy_backward(logits, labels, *, check_labels: bool = True):
+    """Gradient of the mean ``cross_entropy`` with respect to ``logits`` (``check_labels`` as there)."""
+    xp = _cross_entropy_setup(logits, labels, check_labels)
     target = _one_hot(xp, labels, logits.shape[1], logits.dtype)
     return (softmax(logits) - target) / logits.shape[0]
 
@@ -537,11 +684,17 @@ def _batch_norm_setup(x, running_mean, running_var, weight, bias):
     )
     _require_float(xp, x, "batch_norm input x")
     if x.ndim not in (2, 4):
-        raise ShapeError(f"batch_norm input must be (N, C) or (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ShapeError(f"batch_norm input must be (N, C) or (N, C, H, W), got shape {tuple(x.shape)}"
+                         + _ndim_hint(x.ndim, 4))
+    if x.shape[0] == 0:
+        raise ShapeError(f"batch_norm input x is an empty batch (shape {tuple(x.shape)}); pass at least one sample")
     channels = x.shape[1]
     for name, a in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if a is not None and tuple(a.shape) != (channels,):
-            raise ShapeError(f"batch_norm {name} must have shape ({channels},), got {tuple(a.shape)}")
+            raise ShapeError(
+                f"batch_norm: x has {channels} channels (shape {tuple(x.shape)}) but {name} has shape "
+                f"{tuple(a.shape)}, expected ({channels},); BatchNorm2d's num_features must equal the channels "
+                "of its input")
         _require_same_dtype(x, a, "x", name)
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
     broadcast = (1, channels) if x.ndim == 2 else (1, channels, 1, 1)
@@ -558,6 +711,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     Bessel's correction, as PyTorch does); in eval the running ones normalise.
     """
     xp, axes, broadcast, count = _batch_norm_setup(x, running_mean, running_var, weight, bias)
+    _check_number(momentum, "batch_norm momentum", low=0.0, high=1.0)
+    _check_number(eps, "batch_norm eps", low=0.0, low_inclusive=False)
     if training:
         if count < 2:
             raise ShapeError(f"batch_norm in training needs more than one value per channel, got input shape {tuple(x.shape)}")
@@ -569,7 +724,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             running_var = (1.0 - momentum) * running_var + momentum * var * (count / (count - 1))
     else:
         if running_mean is None or running_var is None:
-            raise ValueError("batch_norm in eval mode needs running_mean and running_var")
+            raise ArgumentError("batch_norm in eval mode needs running_mean and running_var (training=False); "
+                                "pass them, or training=True to normalise with the batch statistics")
         mean, var = running_mean, running_var
     y = (x - xp.reshape(mean, broadcast)) / xp.sqrt(xp.reshape(var, broadcast) + eps)
     if weight is not None:
@@ -582,14 +738,14 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, training=False, eps=1e-5):
     """Gradients of ``batch_norm`` → ``(grad_x, grad_weight, grad_bias)``."""
     xp, axes, broadcast, count = _batch_norm_setup(x, running_mean, running_var, weight, None)
-    namespace_of(grad_out, x, names=("grad_out", "x"))
-    if tuple(grad_out.shape) != tuple(x.shape):
-        raise ShapeError(f"batch_norm_backward: grad_out shape {tuple(grad_out.shape)} differs from x shape {tuple(x.shape)}")
+    _check_grad(grad_out, x, x.shape, "batch_norm_backward")
+    _check_number(eps, "batch_norm eps", low=0.0, low_inclusive=False)
     if training:
         mean, var = xp.mean(x, axis=axes), xp.var(x, axis=axes)
     else:
         if running_mean is None or running_var is None:
-            raise ValueError("batch_norm_backward in eval mode needs running_mean and running_var")
+            raise ArgumentError("batch_norm_backward in eval mode needs running_mean and running_var "
+                                "(training=False)")
         mean, var = running_mean, running_var
     inv_std = xp.reshape(1.0 / xp.sqrt(var + eps), broadcast)
     x_hat = (x - xp.reshape(mean, broadcast)) * inv_std
@@ -614,12 +770,14 @@ def dropout_mask(shape, p: float, rng):
     ``rng`` is a ``numpy.random.Generator`` (or an int seed). Drawing on the
     host makes the mask, and so the result, identical on every backend.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
-    if isinstance(rng, int):
-        import numpy  # host-side randomness only; the math below never touches it
+    p = _check_probability(p, "dropout probability p")
+    import numpy  # host-side randomness only; the math below never touches it
 
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
         rng = numpy.random.default_rng(rng)
+    if not isinstance(rng, numpy.random.Generator):
+        raise ArgumentTypeError(
+            f"dropout rng must be a numpy.random.Generator or an int seed, got {type(rng).__name__}")
     return rng.random(tuple(shape)) >= p
 
 
@@ -648,13 +806,13 @@ def dropout(x, p: float = 0.5, *, mask=None, rng=None, training: bool = True):
     """
     xp = namespace_of(x, names=("x",))
     _require_float(xp, x, "dropout input x")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+    p = _check_probability(p, "dropout probability p")
     if not training or p == 0.0:
         return x
     if mask is None:
         if rng is None:
-            raise ValueError("dropout needs a mask or an rng (numpy.random.Generator or int seed) to be reproducible")
+            raise ArgumentError(
+                "dropout needs a mask or an rng (numpy.random.Generator or int seed) to be reproducible")
         mask = dropout_mask(x.shape, p, rng)
     mask = _device_mask(xp, mask, x)
     return x * (xp.astype(mask, x.dtype) / (1.0 - p))
@@ -663,5 +821,7 @@ def dropout(x, p: float = 0.5, *, mask=None, rng=None, training: bool = True):
 def dropout_backward(grad_out, mask, p: float = 0.5):
     """Gradient of ``dropout`` with the same keep-mask."""
     xp = namespace_of(grad_out, names=("grad_out",))
+    _require_float(xp, grad_out, "dropout_backward grad_out")
+    p = _check_probability(p, "dropout probability p")
     mask = _device_mask(xp, mask, grad_out)
     return grad_out * (xp.astype(mask, grad_out.dtype) / (1.0 - p))

@@ -12,13 +12,15 @@ then moved to the backend, so one seed gives bit-identical weights everywhere.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy
 
 from . import functional as F
 from ._arrays import namespace_of
 from .backends import parse_spec, placement_of, to_device, to_numpy
-from .errors import CheckpointError, ShapeError
+from .errors import (ArgumentError, ArgumentTypeError, CheckpointError, DTypeError, PortacnnError, ShapeError,
+                     UsageError)
 
 __all__ = [
     "Parameter", "Buffer", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "Linear",
@@ -51,14 +53,32 @@ class Buffer:
 def _as_generator(rng) -> numpy.random.Generator:
     if isinstance(rng, numpy.random.Generator):
         return rng
-    return numpy.random.default_rng(rng)
+    if not isinstance(rng, bool):
+        try:
+            return numpy.random.default_rng(rng)
+        except (TypeError, ValueError):
+            pass
+    raise ArgumentTypeError(
+        f"rng must be a numpy.random.Generator, a non-negative int seed or None, got {rng!r}")
 
 
 def _host_dtype(dtype) -> numpy.dtype:
-    resolved = numpy.dtype(dtype)
+    try:
+        resolved = numpy.dtype(str(dtype).rsplit(".", 1)[-1] if not isinstance(dtype, type) else dtype)
+    except (TypeError, ValueError):
+        resolved = None
     if resolved not in (numpy.float32, numpy.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        raise DTypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return resolved
+
+
+def _positive_int(value, name: str, layer: str) -> int:
+    """A layer size (channels, features): a positive int; raises ``ArgumentError`` naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(f"{layer}: {name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ArgumentError(f"{layer}: {name} must be a positive int (at least 1), got {value!r}")
+    return int(value)
 
 
 class Module:
@@ -128,8 +148,8 @@ class Module:
         ``spec`` is a backend specifier such as ``"numpy"``, ``"cupy:0"`` or
         ``"torch:cuda:0"``; None means ``PORTACNN_BACKEND`` or numpy.
         """
-        placement = parse_spec(spec)
         cast = None if dtype is None else _host_dtype(dtype)
+        placement = parse_spec(spec)
         for holder in self.parameters() + [b for _, b in self.named_buffers()]:
             data = holder.data
             if cast is not None and numpy.dtype(to_numpy_dtype_name(data)) != cast:
@@ -154,8 +174,16 @@ class Module:
         error. Arrays are moved to each parameter's current device and cast to
         its dtype.
         """
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise CheckpointError(
+                f"load_state_dict takes a dict of arrays by parameter name (e.g. model.state_dict() or "
+                f"load_checkpoint(path)['model']), got {type(state).__name__}")
         own = dict(self.named_parameters())
         own.update(self.named_buffers())
+        not_arrays = sorted(name for name in state if not (hasattr(state[name], "shape")
+                                                             and hasattr(state[name], "dtype")))
+        if not_arrays:
+            raise CheckpointError(f"state dict entries are not arrays: {', '.join(map(str, not_arrays))}")
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         mis_shaped = [
@@ -163,7 +191,11 @@ class Module:
             for name in own
             if name in state and tuple(state[name].shape) != tuple(own[name].data.shape)
         ]
+        not_float = [f"{name}: {state[name].dtype}" for name in own
+                     if name in state and "float" not in str(state[name].dtype)]
         problems = []
+        if not_float:
+            problems.append(f"not floating point: {'; '.join(not_float)}")
         if missing:
             problems.append(f"missing: {', '.join(missing)}")
         if unexpected:
@@ -171,10 +203,8 @@ class Module:
         if mis_shaped:
             problems.append(f"wrong shape: {'; '.join(mis_shaped)}")
         if problems:
-            raise CheckpointError(
-                "state dict does not fit this model (" + " | ".join(problems)
-                + "); was it saved from a different architecture?"
-            )
+            question = "; was it saved from a different architecture?" if missing or unexpected or mis_shaped else ""
+            raise CheckpointError("state dict does not fit this model (" + " | ".join(problems) + ")" + question)
         for name, holder in own.items():
             dtype = numpy.dtype(to_numpy_dtype_name(holder.data))
             value = to_numpy(state[name]).astype(dtype, copy=False)
@@ -214,13 +244,13 @@ def _init_weight(rng, shape, fan_in, fan_out, init):
         return _he_normal(rng, shape, fan_in)
     if init == "glorot":
         return _glorot_uniform(rng, shape, fan_in, fan_out)
-    raise ValueError(f"init must be 'he' (before ReLU) or 'glorot' (before sigmoid/tanh/softmax), got {init!r}")
+    raise ArgumentError(f"init must be 'he' (before ReLU) or 'glorot' (before sigmoid/tanh/softmax), got {init!r}")
 
 
 def _require_input(module, attribute: str):
     value = getattr(module, attribute)
     if value is None:
-        raise RuntimeError(f"{type(module).__name__}.backward called before forward")
+        raise UsageError(f"{type(module).__name__}.backward called before forward: run forward on a batch first")
     return value
 
 
@@ -231,6 +261,8 @@ def _require_input(module, attribute: str):
 class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  *, init="he", rng=None, dtype="float32", device=None):
+        in_channels = _positive_int(in_channels, "in_channels", "Conv2d")
+        out_channels = _positive_int(out_channels, "out_channels", "Conv2d")
         kernel = F._pair(kernel_size, "kernel_size", minimum=1)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
         self.stride = F._pair(stride, "stride", minimum=1)
@@ -272,6 +304,8 @@ class Conv2d(Module):
 
 class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, *, init="he", rng=None, dtype="float32", device=None):
+        in_features = _positive_int(in_features, "in_features", "Linear")
+        out_features = _positive_int(out_features, "out_features", "Linear")
         self.in_features, self.out_features = in_features, out_features
         generator = _as_generator(rng)
         weight = _init_weight(generator, (out_features, in_features), in_features, out_features, init)
@@ -302,6 +336,9 @@ class BatchNorm2d(Module):
     """Batch normalisation over (N, H, W) per channel, with running statistics for eval."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, dtype="float32", device=None):
+        num_features = _positive_int(num_features, "num_features", "BatchNorm2d")
+        F._check_number(eps, "BatchNorm2d eps", low=0.0, low_inclusive=False)
+        F._check_number(momentum, "BatchNorm2d momentum", low=0.0, high=1.0)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = _new_parameter(numpy.ones(num_features), dtype, device) if affine else None
         self.bias = _new_parameter(numpy.zeros(num_features), dtype, device) if affine else None
@@ -313,8 +350,10 @@ class BatchNorm2d(Module):
         self._trained_on_batch = True
 
     def forward(self, x):
+        namespace_of(x, names=("x",))
         if x.ndim != 4:
-            raise ShapeError(f"BatchNorm2d expects (N, C, H, W) input, got shape {tuple(x.shape)}")
+            raise ShapeError(f"BatchNorm2d expects (N, C, H, W) input, got shape {tuple(x.shape)}"
+                             + F._ndim_hint(x.ndim, 4))
         self._input, self._trained_on_batch = x, self.training
         y, self.running_mean.data, self.running_var.data = F.batch_norm(
             x, self.running_mean.data, self.running_var.data,
@@ -339,8 +378,16 @@ class BatchNorm2d(Module):
 # layers without parameters
 
 
+def _check_pool_arguments(layer: str, kernel_size, stride, padding=0) -> None:
+    kernel = F._pair(kernel_size, f"{layer} kernel_size", minimum=1)
+    if stride is not None:
+        F._pair(stride, f"{layer} stride", minimum=1)
+    F._check_pool_padding(F._pair(padding, f"{layer} padding", minimum=0), kernel, layer)
+
+
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
+        _check_pool_arguments(type(self).__name__, kernel_size, stride, padding)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self._input = None
 
@@ -372,6 +419,8 @@ class LPPool2d(Module):
     """Power-mean pooling (see ``functional.lp_pool2d``); p=1 is average, p=inf is max pooling."""
 
     def __init__(self, norm_type, kernel_size, stride=None):
+        F._check_lp_norm(norm_type)
+        _check_pool_arguments("LPPool2d", kernel_size, stride)
         self.norm_type, self.kernel_size, self.stride = norm_type, kernel_size, stride
         self._input = None
 
@@ -425,8 +474,12 @@ class Flatten(Module):
 
     def forward(self, x):
         xp = namespace_of(x, names=("x",))
+        if x.ndim < 2:
+            raise ShapeError(f"Flatten expects a batch of at least 2-D shape (N, ...), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ShapeError(f"Flatten input is an empty batch (shape {tuple(x.shape)}); pass at least one sample")
         self._input_shape = tuple(x.shape)
-        return xp.reshape(x, (x.shape[0], -1))
+        return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
 
     def backward(self, grad, input_grad=True):
         if not input_grad:
@@ -443,13 +496,13 @@ class Dropout(Module):
     """
 
     def __init__(self, p=0.5, *, rng=None):
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout probability p must be in [0, 1), got {p!r}")
+        F._check_probability(p, "Dropout probability p")
         self.p = p
         self.rng = _as_generator(rng)
         self._mask = None
 
     def forward(self, x):
+        F._require_float(namespace_of(x, names=("x",)), x, "Dropout input x")
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
@@ -471,7 +524,9 @@ class Sequential(Module):
     def __init__(self, *layers):
         for index, layer in enumerate(layers):
             if not isinstance(layer, Module):
-                raise TypeError(f"Sequential takes layers (Module instances), argument {index} is {type(layer).__name__}")
+                raise ArgumentTypeError(
+                    f"Sequential takes layers (Module instances), argument {index} is {type(layer).__name__}"
+                    + ("; create it first, e.g. ReLU() rather than ReLU" if isinstance(layer, type) else ""))
             setattr(self, str(index), layer)
 
     @property
@@ -485,28 +540,43 @@ class Sequential(Module):
         return len(self.layers)
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer.forward(x)
+        for index, layer in enumerate(self.layers):
+            try:
+                x = layer.forward(x)
+            except PortacnnError as error:
+                # Say which layer refused its input; the error keeps its type and traceback.
+                error.args = (f"layer {index} ({type(layer).__name__}): {error}", *error.args[1:])
+                raise
         return x
 
     def backward(self, grad, input_grad=True):
         layers = self.layers
+        if not layers:
+            return grad
         for layer in reversed(layers[1:]):
             grad = layer.backward(grad)
         return layers[0].backward(grad, input_grad=input_grad)
 
 
 class CrossEntropyLoss(Module):
-    """Mean cross-entropy of integer labels; ``backward()`` gives the gradient of the logits."""
+    """Mean cross-entropy of integer labels; ``backward()`` gives the gradient of the logits.
 
-    def __init__(self):
+    ``check_labels`` (default True) makes ``forward`` refuse labels outside
+    ``[0, num_classes)``; see ``functional.cross_entropy`` for its cost (one
+    reduction, and a device sync on GPUs).
+    """
+
+    def __init__(self, *, check_labels: bool = True):
+        self.check_labels = bool(check_labels)
         self._logits = self._labels = None
 
     def forward(self, logits, labels):
+        loss = F.cross_entropy(logits, labels, check_labels=self.check_labels)
         self._logits, self._labels = logits, labels
-        return F.cross_entropy(logits, labels)
+        return loss
 
     def backward(self, grad=None):
         logits = _require_input(self, "_logits")
-        grad_logits = F.cross_entropy_backward(logits, self._labels)
+        # forward already checked these labels
+        grad_logits = F.cross_entropy_backward(logits, self._labels, check_labels=False)
         return grad_logits if grad is None else grad_logits * grad

@@ -6,17 +6,32 @@ place, so they work on immutable arrays (JAX) as well as mutable ones.
 
 from __future__ import annotations
 
+from .errors import ArgumentError, ArgumentTypeError, CheckpointError
+from .functional import _check_number
+
 __all__ = ["SGD", "Adam", "StepLR", "ExponentialLR"]
 
 
 class Optimizer:
     def __init__(self, params, lr: float):
-        self.params = list(params)
+        from .nn import Module, Parameter
+
+        if isinstance(params, Module):
+            raise ArgumentTypeError(
+                f"{type(self).__name__} takes the model's parameters, not the model: pass model.parameters()")
+        try:
+            self.params = list(params)
+        except TypeError:
+            raise ArgumentTypeError(f"{type(self).__name__} params must be a list of Parameters (model.parameters()), "
+                                    f"got {type(params).__name__}") from None
         if not self.params:
-            raise ValueError("optimizer got an empty parameter list; pass model.parameters()")
-        if not lr > 0:
-            raise ValueError(f"learning rate must be positive, got {lr!r}")
-        self.lr = float(lr)
+            raise ArgumentError("optimizer got an empty parameter list; pass model.parameters()")
+        for index, param in enumerate(self.params):
+            if not isinstance(param, Parameter):
+                raise ArgumentTypeError(
+                    f"{type(self).__name__} params must be Parameters (pass model.parameters()), item {index} is a "
+                    f"{type(param).__name__}")
+        self.lr = _check_number(lr, "learning rate lr", low=0.0, low_inclusive=False)
         self.step_count = 0
 
     def zero_grad(self):
@@ -56,7 +71,7 @@ class Optimizer:
                 value = state.get(f"{name}.{index}")
                 if value is not None:
                     if tuple(value.shape) != tuple(param.data.shape):
-                        raise ValueError(
+                        raise CheckpointError(
                             f"optimizer state {name}.{index} has shape {tuple(value.shape)} but the parameter "
                             f"has {tuple(param.data.shape)}; the optimizer state belongs to another model")
                     value = to_device(value, placement_of(param.data))
@@ -71,10 +86,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum!r} and {weight_decay!r}")
+        _check_number(momentum, "SGD momentum", low=0.0)
+        _check_number(weight_decay, "SGD weight_decay", low=0.0)
         if nesterov and momentum == 0:
-            raise ValueError("Nesterov momentum needs momentum > 0")
+            raise ArgumentError("Nesterov momentum needs momentum > 0")
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
         self.momentum_buffers = [None] * len(self.params)
 
@@ -96,8 +111,14 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, lr)
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas!r}")
+        if not (hasattr(betas, "__len__") and len(betas) == 2):
+            raise ArgumentTypeError(f"Adam betas must be a pair of numbers such as (0.9, 0.999), got {betas!r}")
+        for beta in betas:
+            _check_number(beta, "Adam betas", low=0.0, high=1.0)
+            if beta == 1.0:
+                raise ArgumentError(f"Adam betas must be in [0, 1), got {betas!r}")
+        _check_number(eps, "Adam eps", low=0.0, low_inclusive=False)
+        _check_number(weight_decay, "Adam weight_decay", low=0.0)
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         self.first_moments = [None] * len(self.params)
         self.second_moments = [None] * len(self.params)
@@ -123,6 +144,10 @@ class _Scheduler:
     """Sets ``optimizer.lr`` from the initial rate and the number of ``step()`` calls (epochs)."""
 
     def __init__(self, optimizer: Optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise ArgumentTypeError(
+                f"{type(self).__name__} takes an optimizer (e.g. SGD(model.parameters(), lr=0.01)), "
+                f"got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         self.last_epoch = 0
@@ -151,8 +176,11 @@ class StepLR(_Scheduler):
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
         super().__init__(optimizer)
+        if isinstance(step_size, bool) or not isinstance(step_size, int):
+            raise ArgumentTypeError(f"StepLR step_size must be an int (epochs), got {step_size!r}")
         if step_size < 1:
-            raise ValueError(f"step_size must be >= 1, got {step_size!r}")
+            raise ArgumentError(f"StepLR step_size must be >= 1, got {step_size!r}")
+        _check_number(gamma, "StepLR gamma", low=0.0, low_inclusive=False)
         self.step_size, self.gamma = step_size, gamma
 
     def factor(self, epoch: int) -> float:
@@ -164,6 +192,7 @@ class ExponentialLR(_Scheduler):
 
     def __init__(self, optimizer: Optimizer, gamma: float):
         super().__init__(optimizer)
+        _check_number(gamma, "ExponentialLR gamma", low=0.0, low_inclusive=False)
         self.gamma = gamma
 
     def factor(self, epoch: int) -> float:

@@ -50,7 +50,7 @@ import numpy
 
 from .backends import get_backend, parse_spec, placement_of, to_device, to_numpy
 from .checkpoint import LAST, atomic_write, load_checkpoint, restore_training_state, save_checkpoint
-from .errors import CheckpointError, PortacnnError
+from .errors import ArgumentError, CheckpointError, PortacnnError, ShapeError
 
 __all__ = [
     "PRESETS", "SYNC_EVERY", "TrainConfig", "TrainingDivergedError", "ConfigError",
@@ -193,7 +193,7 @@ def evaluate(model, images, labels, batch_size: int = 1000):
     xp = placement.namespace
     labels = numpy.asarray(labels)
     if len(images) != len(labels) or len(labels) == 0:
-        raise ValueError(f"evaluate needs as many labels as images (and at least one), got {len(images)} and {len(labels)}")
+        raise ShapeError(f"evaluate needs as many labels as images (and at least one), got {len(images)} and {len(labels)}")
     was_training = model.training
     model.eval()
     loss_sums, all_logits = [], []
@@ -202,13 +202,18 @@ def evaluate(model, images, labels, batch_size: int = 1000):
             x = to_device(prepare_images(images[start:start + batch_size], dtype), placement)
             y = to_device(labels[start:start + batch_size].astype(LABEL_DTYPE), placement)
             logits = model(x)
-            loss_sums.append(F.cross_entropy(logits, y) * y.shape[0])
+            loss_sums.append(F.cross_entropy(logits, y, check_labels=False) * y.shape[0])
             all_logits.append(logits)
         loss = float(numpy.sum(to_numpy(xp.stack(loss_sums)).astype(numpy.float64))) / len(labels)
         # argmax on the host: one small transfer, and it works on devices without int64 indices.
         predicted = numpy.argmax(to_numpy(xp.concat(all_logits)), axis=1).astype(numpy.int64)
     finally:
         model.train(was_training)
+    # The labels are on the host: their range is checked once here, not on the device per batch.
+    num_classes = all_logits[0].shape[1]
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ArgumentError(f"evaluate: labels must be class indices in [0, {num_classes}), "
+                            f"got values from {labels.min()} to {labels.max()}")
     accuracy = float(numpy.mean(predicted == labels))
     return loss, accuracy, predicted
 
@@ -498,7 +503,9 @@ def _train(config: TrainConfig) -> dict:
                           "each needs at least one image of every batch")
 
     model = lenet(seed=config.seed, dtype=config.dtype, device=placement)
-    loss_fn = CrossEntropyLoss()
+    # load_mnist guarantees labels 0-9 for LeNet's 10 outputs; a per-step range
+    # check would force a device sync every step on GPUs.
+    loss_fn = CrossEntropyLoss(check_labels=False)
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = StepLR(optimizer, config.lr_step, config.lr_gamma)
     rng = numpy.random.default_rng(config.seed)
