@@ -28,6 +28,7 @@ __all__ = [
     "Placement",
     "available_backends",
     "default_spec",
+    "dtype_name",
     "get_backend",
     "parse_spec",
     "placement_of",
@@ -171,7 +172,8 @@ def placement_of(x) -> Placement:
     )
 
 
-def _dtype_name(x) -> str:
+def dtype_name(x) -> str:
+    """The dtype of an array of any backend as a NumPy dtype name, e.g. ``"float32"``."""
     # "torch.float32", "array_api_strict.float32" and numpy's "float32" agree
     # after the last dot.
     return str(x.dtype).rsplit(".", 1)[-1]
@@ -192,7 +194,7 @@ def _via_dlpack(x, target: Placement):
         moved = xp.from_dlpack(x)
         if placement_of(moved) != target:
             moved = array_api_compat.to_device(moved, target.device)
-        if placement_of(moved) != target or _dtype_name(moved) != _dtype_name(x):
+        if placement_of(moved) != target or dtype_name(moved) != dtype_name(x):
             return None
         # from_dlpack shares x's memory (jax does even when asked to copy), and
         # array-api-strict "devices" share host memory; copy so the result
@@ -212,9 +214,9 @@ def to_device(x, spec: str | Placement | None):
     source = placement_of(x)
     if source == target:
         return x
-    if _dtype_name(x) in ("float64", "complex128") and not target.supports_float64:
+    if dtype_name(x) in ("float64", "complex128") and not target.supports_float64:
         raise DTypeError(
-            f"{target.spec} has no {_dtype_name(x)}; cast to float32 before moving it there"
+            f"{target.spec} has no {dtype_name(x)}; cast to float32 before moving it there"
         )
     moved = _via_dlpack(x, target)
     if moved is None:

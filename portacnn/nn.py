@@ -18,7 +18,7 @@ import numpy
 
 from . import functional as F
 from ._arrays import namespace_of
-from .backends import parse_spec, placement_of, to_device, to_numpy
+from .backends import dtype_name, parse_spec, placement_of, to_device, to_numpy
 from .errors import (ArgumentError, ArgumentTypeError, CheckpointError, DTypeError, PortacnnError, ShapeError,
                      UsageError)
 
@@ -152,7 +152,7 @@ class Module:
         placement = parse_spec(spec)
         for holder in self.parameters() + [b for _, b in self.named_buffers()]:
             data = holder.data
-            if cast is not None and numpy.dtype(to_numpy_dtype_name(data)) != cast:
+            if cast is not None and numpy.dtype(dtype_name(data)) != cast:
                 data = to_device(to_numpy(data).astype(cast), placement)
             holder.data = to_device(data, placement)
             if isinstance(holder, Parameter) and holder.grad is not None:
@@ -206,7 +206,7 @@ class Module:
             question = "; was it saved from a different architecture?" if missing or unexpected or mis_shaped else ""
             raise CheckpointError("state dict does not fit this model (" + " | ".join(problems) + ")" + question)
         for name, holder in own.items():
-            dtype = numpy.dtype(to_numpy_dtype_name(holder.data))
+            dtype = numpy.dtype(dtype_name(holder.data))
             value = to_numpy(state[name]).astype(dtype, copy=False)
             holder.data = to_device(value, placement_of(holder.data))
 
@@ -219,11 +219,6 @@ class Module:
             return f"{type(self).__name__}({self.extra_repr()})"
         lines = [f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in children]
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
-
-
-def to_numpy_dtype_name(array) -> str:
-    """The dtype of any backend's array as a NumPy dtype name (``"float32"``)."""
-    return str(array.dtype).rsplit(".", 1)[-1]
 
 
 def _new_parameter(host_array, dtype, device):

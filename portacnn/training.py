@@ -270,6 +270,7 @@ def write_plot(path, history: list[dict]) -> None:
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     figure = Figure(figsize=(10, 4), dpi=100)
@@ -279,6 +280,7 @@ def write_plot(path, history: list[dict]) -> None:
         axes.plot(epochs, [h[f"train_{key}"] for h in history], marker="o", label="train")
         axes.plot(epochs, [h[f"test_{key}"] for h in history], marker="o", label="test")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title)
         axes.grid(True, alpha=0.3)
         axes.legend()
