@@ -21,3 +21,15 @@ def write_fake_mnist(folder: Path, n_train=120, n_test=40, seed=0) -> Path:
         (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
     return folder
+
+
+def offline_environment(monkeypatch, home: Path) -> None:
+    """No network, no real home, no backend or data env vars; generated (uncompressed) files skip their md5."""
+    from portacnn import datasets
+
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("PORTACNN_DATA", raising=False)
+    monkeypatch.delenv("PORTACNN_BACKEND", raising=False)
+    monkeypatch.setattr(datasets, "MIRRORS", [])
+    # Real .gz files keep their md5 check.
+    monkeypatch.setattr(datasets, "MNIST_FILES", {k: v for k, v in datasets.MNIST_FILES.items() if k.endswith(".gz")})

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from fake_mnist import SHARED_MNIST, write_fake_mnist
+from fake_mnist import SHARED_MNIST, offline_environment, write_fake_mnist
 
 from portacnn import datasets
 from portacnn.cli import load_digit_image, main
@@ -17,18 +17,9 @@ METRICS_KEYS = {"test_accuracy", "history", "backend", "device", "dtype", "wall_
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
 
 
-def _patch_environment(monkeypatch, home):
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("PORTACNN_DATA", raising=False)
-    monkeypatch.delenv("PORTACNN_BACKEND", raising=False)
-    monkeypatch.setattr(datasets, "MIRRORS", [])
-    # Generated (uncompressed) files are not the real ones: skip their md5; real .gz files keep theirs.
-    monkeypatch.setattr(datasets, "MNIST_FILES", {k: v for k, v in datasets.MNIST_FILES.items() if k.endswith(".gz")})
-
-
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    _patch_environment(monkeypatch, tmp_path / "home")
+    offline_environment(monkeypatch, tmp_path / "home")
 
 
 @pytest.fixture
@@ -41,7 +32,7 @@ def trained(tmp_path_factory):
     """A 1-epoch checkpoint: real MNIST (2,000 images) when present, else generated data."""
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        _patch_environment(monkeypatch, root / "home")
+        offline_environment(monkeypatch, root / "home")
         data = SHARED_MNIST if HAVE_REAL_MNIST else write_fake_mnist(root / "mnist", n_train=60, n_test=200)
         status = main(["train", "--data-dir", str(data), "--epochs", "1", "--train-size", "2000" if HAVE_REAL_MNIST
                        else "60", "--test-size", "200", "--batch-size", "20", "--lr", "0.02",

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_mnist import SHARED_MNIST, write_fake_mnist
+from fake_mnist import SHARED_MNIST, offline_environment, write_fake_mnist
 
-from portacnn import datasets, distributed
+from portacnn import distributed
 from portacnn.cli import build_parser, main
 from portacnn.errors import PortacnnError
 from portacnn.models import lenet
@@ -34,18 +34,10 @@ TIMEOUT = 120  # seconds for any one MPI job; a hang fails the test instead of t
 HISTORY_VALUES = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
-def _offline(monkeypatch, home):
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("PORTACNN_DATA", raising=False)
-    monkeypatch.delenv("PORTACNN_BACKEND", raising=False)
-    monkeypatch.setattr(datasets, "MIRRORS", [])
-    monkeypatch.setattr(datasets, "MNIST_FILES", {k: v for k, v in datasets.MNIST_FILES.items() if k.endswith(".gz")})
-
-
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No network, no real home, no launcher variables; a fresh (uninitialised) distributed state."""
-    _offline(monkeypatch, tmp_path / "home")
+    offline_environment(monkeypatch, tmp_path / "home")
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(distributed, "_state", distributed._State())
@@ -197,7 +189,7 @@ def two_rank_run(mpiexec, tmp_path_factory):
 
     models = []
     with pytest.MonkeyPatch.context() as monkeypatch:
-        _offline(monkeypatch, root / "home")
+        offline_environment(monkeypatch, root / "home")
         import portacnn.models
 
         real = portacnn.models.lenet
