@@ -46,6 +46,7 @@ import hashlib
 import math
 import os
 import sys
+import time
 import traceback
 
 import numpy
@@ -394,6 +395,9 @@ def abort(error: BaseException, code: int = 1) -> None:
     except Exception:  # noqa: BLE001 - a closed stdout must not stop the abort
         pass
     print(f"rank {_state.rank} failed: {detail}", file=sys.stderr, flush=True)
+    # MPI_Abort tears the job down at once; when several ranks fail together, a
+    # moment's grace lets the launcher forward every rank's message first.
+    time.sleep(0.2)
     _state.MPI.COMM_WORLD.Abort(code)
 
 

@@ -175,8 +175,9 @@ def main(argv: list[str]) -> int:
     if mode in ("cli", "fail", "nan"):
         return run_cli(mode, rest)
     distributed.init()
-    # An assertion on one rank must end both, not leave the other waiting in a collective call.
-    with distributed.guard():
+    # An assertion on one rank must end both, not leave the other waiting in a collective call;
+    # a DistributedError is raised by every rank together and ends each normally, with its message.
+    with distributed.guard(collective=(distributed.DistributedError,)):
         if mode == "train":
             run_train(*rest)
         elif mode == "primitives":
