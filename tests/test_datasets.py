@@ -85,15 +85,12 @@ def no_md5(monkeypatch):
 @needs_real_mnist
 @pytest.mark.parametrize("split, n", [("train", 60_000), ("test", 10_000)])
 def test_real_mnist_loads(split, n):
-    start = time.perf_counter()
     images, labels = load_mnist(split, root=SHARED_MNIST, download=False)  # md5s checked by default
-    elapsed = time.perf_counter() - start
     assert images.shape == (n, 1, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (n,) and labels.dtype == np.int64
     assert labels.min() == 0 and labels.max() == 9
     assert set(np.unique(labels)) == set(range(10))
     assert images.max() == 255 and images.min() == 0
-    assert elapsed < 10, f"loading {split} took {elapsed:.1f}s"
 
 
 @needs_real_mnist
