@@ -788,10 +788,11 @@ def _device_mask(xp, mask, like):
         raise DTypeError(f"dropout mask must be a boolean keep-mask (True = keep), got dtype {mask.dtype}")
     if tuple(mask.shape) != tuple(like.shape):
         raise ShapeError(f"dropout mask shape {tuple(mask.shape)} differs from x shape {tuple(like.shape)}")
-    if type(mask).__module__.split(".")[0] == "numpy" and type(like).__module__.split(".")[0] != "numpy":
-        # A host mask is moved to the input's device once, here.
-        from .backends import placement_of, to_device
+    from .backends import placement_of, to_device
 
+    if placement_of(mask).backend == "numpy":
+        # A host mask (from dropout_mask) is moved to the input's device here;
+        # a mask on any other device must already be where x is.
         mask = to_device(mask, placement_of(like))
     namespace_of(like, mask, names=("x", "mask"))
     return mask
