@@ -337,30 +337,28 @@ def restore_training_state(checkpoint: dict, model, optimizer=None, scheduler=No
     """
     path = checkpoint.get("path", "checkpoint")
     model.load_state_dict(checkpoint["model"])
-    if optimizer is not None:
-        state = checkpoint.get("optimizer")
+
+    def restore(key: str, what: str, apply) -> None:
+        state = checkpoint.get(key)
         if state is None:
-            raise CheckpointError(f"{path} holds no optimizer state, so training cannot resume from it")
+            raise CheckpointError(f"{path} holds no {what} state, so training cannot resume from it")
+        try:
+            apply(state)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: {what} state does not fit ({exc})") from exc
+
+    def load_optimizer(state) -> None:
         saved_type = state.get("type")
         if saved_type is not None and saved_type != type(optimizer).__name__:
             raise CheckpointError(f"{path} holds {saved_type} state but the optimizer is {type(optimizer).__name__}")
-        try:
-            optimizer.load_state_dict({k: v for k, v in state.items() if k != "type"})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: optimizer state does not fit ({exc})") from exc
+        optimizer.load_state_dict({k: v for k, v in state.items() if k != "type"})
+
+    if optimizer is not None:
+        restore("optimizer", "optimizer", load_optimizer)
     if scheduler is not None:
-        state = checkpoint.get("scheduler")
-        if state is None:
-            raise CheckpointError(f"{path} holds no learning-rate scheduler state")
-        try:
-            scheduler.load_state_dict({k: v for k, v in state.items() if k != "type"})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: scheduler state does not fit ({exc})") from exc
+        restore("scheduler", "learning-rate scheduler",
+                lambda state: scheduler.load_state_dict({k: v for k, v in state.items() if k != "type"}))
     if rng is not None:
-        state = checkpoint.get("rng")
-        if state is None:
-            raise CheckpointError(f"{path} holds no random-generator state")
-        try:
-            rng.bit_generator.state = state
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: random-generator state does not fit ({exc})") from exc
+        restore("rng", "random-generator", lambda state: setattr(rng.bit_generator, "state", state))
