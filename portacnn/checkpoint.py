@@ -344,19 +344,15 @@ def restore_training_state(checkpoint: dict, model, optimizer=None, scheduler=No
             raise CheckpointError(f"{path} holds no {what} state, so training cannot resume from it")
         try:
             apply(state)
-        except CheckpointError:
-            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: {what} state does not fit ({exc})") from exc
 
-    def load_optimizer(state) -> None:
-        saved_type = state.get("type")
+    if optimizer is not None:
+        saved_type = (checkpoint.get("optimizer") or {}).get("type")
         if saved_type is not None and saved_type != type(optimizer).__name__:
             raise CheckpointError(f"{path} holds {saved_type} state but the optimizer is {type(optimizer).__name__}")
-        optimizer.load_state_dict({k: v for k, v in state.items() if k != "type"})
-
-    if optimizer is not None:
-        restore("optimizer", "optimizer", load_optimizer)
+        restore("optimizer", "optimizer",
+                lambda state: optimizer.load_state_dict({k: v for k, v in state.items() if k != "type"}))
     if scheduler is not None:
         restore("scheduler", "learning-rate scheduler",
                 lambda state: scheduler.load_state_dict({k: v for k, v in state.items() if k != "type"}))
