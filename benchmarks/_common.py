@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 # --------------------------------------------------------------------------
@@ -332,3 +333,24 @@ def write_json(path: str, data: dict) -> None:
         json.dump(data, out, indent=2, default=str)
         out.write("\n")
     print(f"wrote {path}")
+
+
+def prepare_run(args, name: str, title: str):
+    """The set-up both benchmarks share: torch present, threads, backends checked, header printed.
+
+    Returns ``(machine, threads)`` for the report, or ``None`` (after saying
+    why on stderr) when PyTorch, the reference, is missing.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(f"{name} needs PyTorch for the reference: pip install torch", file=sys.stderr)
+        return None
+    set_threads(args.threads)
+    if args.backends is None:
+        args.backends = default_backends()
+    check_backends(args.backends)
+    check_references(args.backends, args.reference)
+    machine, threads = machine_info(args.backends), thread_info()
+    print_header(title, machine, threads)
+    return machine, threads

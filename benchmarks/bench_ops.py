@@ -223,18 +223,10 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("bench_ops needs PyTorch for the reference: pip install torch", file=sys.stderr)
+    prepared = common.prepare_run(args, "bench_ops", "portacnn op benchmark (vs torch.nn.functional)")
+    if prepared is None:
         return 2
-    common.set_threads(args.threads)
-    if args.backends is None:
-        args.backends = common.default_backends()
-    common.check_backends(args.backends)
-    common.check_references(args.backends, args.reference)
-    machine, threads = common.machine_info(args.backends), common.thread_info()
-    common.print_header("portacnn op benchmark (vs torch.nn.functional)", machine, threads)
+    machine, threads = prepared
 
     from portacnn.backends import parse_spec
 

@@ -468,18 +468,10 @@ def describe_seed(row: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("bench_train needs PyTorch for the reference: pip install torch", file=sys.stderr)
+    prepared = common.prepare_run(args, "bench_train", "portacnn LeNet training benchmark")
+    if prepared is None:
         return 2
-    common.set_threads(args.threads)
-    if args.backends is None:
-        args.backends = common.default_backends()
-    common.check_backends(args.backends)
-    common.check_references(args.backends, args.reference)
-    machine, threads = common.machine_info(args.backends), common.thread_info()
-    common.print_header("portacnn LeNet training benchmark", machine, threads)
+    machine, threads = prepared
 
     started = time.perf_counter()
     results: dict = {"benchmark": "bench_train", "machine": machine, "threads": threads,
