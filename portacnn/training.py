@@ -342,21 +342,21 @@ def _flush(xp, pending_losses, pending_logits, pending_labels, epoch, first_step
     return float(numpy.dot(losses, sizes)), correct
 
 
-def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, placement, epoch):
-    xp = placement.namespace
-    model.train()
-    n = len(order)
+def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed=None):
+    """One epoch of steps → (mean train loss, train accuracy).
+
+    With ``distributed`` (the module, in a multi-process job) this process
+    trains on its shard of each global batch and the gradients are averaged
+    across processes before every optimizer step.
+    """
     # NumPy would warn about overflow before the loss turns NaN; _flush reports that clearly instead.
-    distributed = _distributed() if config.distributed and _distributed().is_distributed() else None
     with numpy.errstate(over="ignore", invalid="ignore"):
-        return _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, xp, n,
-                          distributed)
+        return _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed)
 
 
-def _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, xp, n, distributed=None):
-    """One epoch of steps. With ``distributed`` (the module, in a multi-process
-    job) this process trains on its shard of each global batch and the
-    gradients are averaged across processes before every optimizer step."""
+def _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed):
+    xp, n = placement.namespace, len(order)
+    model.train()
     steps = math.ceil(n / config.batch_size)
     interactive = None if distributed is None else distributed.launcher_is_tty()
     bar = _progress_bar(n, f"epoch {epoch}/{config.epochs}", config.quiet, interactive=interactive)
@@ -543,7 +543,7 @@ def _train(config: TrainConfig) -> dict:
         order = rng.permutation(len(train_labels))
         try:
             train_loss, train_accuracy = _train_epoch(
-                model, loss_fn, optimizer, train_images, train_labels, order, config, placement, epoch)
+                model, loss_fn, optimizer, train_images, train_labels, order, config, placement, epoch, distributed)
         except TrainingDivergedError as error:
             raise TrainingDivergedError(f"{error}{_checkpoint_note(config)}") from None
         lr = optimizer.lr
