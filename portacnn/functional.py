@@ -258,15 +258,18 @@ def _taps(x_padded, slices):
     return [x_padded[:, rows, cols, :] for rows, cols in slices]
 
 
-def _scatter_taps(xp, padded_shape, dtype, device, slices, tap_grads):
+def _scatter_taps(xp, padded_shape, dtype, device, slices, tap_grads, *, disjoint=False):
     """Sum per-tap gradients back onto the padded batch-last input (the mirror of ``_taps``).
 
     ``at(...).add`` on slices is an in-place add on mutable arrays and a
-    functional update on immutable ones; the accumulator is ours alone.
+    functional update on immutable ones; the accumulator is ours alone. When
+    the windows do not overlap (``disjoint``) no element is written twice, so
+    the cheaper ``set`` replaces the read-modify-write ``add``.
     """
     grad = xp.zeros(padded_shape, dtype=dtype, device=device)
     for (rows, cols), tap_grad in zip(slices, tap_grads):
-        grad = xpx.at(grad)[:, rows, cols, :].add(tap_grad, xp=xp)
+        update = xpx.at(grad)[:, rows, cols, :]
+        grad = update.set(tap_grad, xp=xp) if disjoint else update.add(tap_grad, xp=xp)
     return grad
 
 
@@ -388,7 +391,8 @@ def _pool_setup(x, kernel_size, stride, padding, op: str):
     _check_pool_padding(padding, kernel, op)
     out_hw = _output_hw(x, kernel, stride, padding, (1, 1), op)
     out_shape = (x.shape[0], x.shape[1], *out_hw)
-    return xp, kernel, out_shape, padding, _tap_slices(kernel, stride, (1, 1), out_hw)
+    disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
+    return xp, kernel, out_shape, padding, _tap_slices(kernel, stride, (1, 1), out_hw), disjoint
 
 
 def _check_pool_padding(padding, kernel, op: str) -> None:
@@ -407,37 +411,48 @@ def _window_max(taps, xp):
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Max over each window; padding is −inf so it never wins."""
-    xp, _, _, padding, slices = _pool_setup(x, kernel_size, stride, padding, "max_pool2d")
+    xp, _, _, padding, slices, _ = _pool_setup(x, kernel_size, stride, padding, "max_pool2d")
     taps = _taps(_pad_spatial(xp, _batch_last(xp, x), padding, -math.inf), slices)
     return _batch_first(xp, _window_max(taps, xp))
 
 
-def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0):
+def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, *, forward_output=None):
     """Gradient of ``max_pool2d``: each window's gradient goes to its maximum.
 
     On ties the first maximum in row-major window order takes it, on every
-    backend, because taps are visited in that order and a window stops
-    accepting once it has a winner.
+    backend: taps are visited in that order and each takes the gradient its
+    window has not yet handed out. ``forward_output``, the result of the
+    ``max_pool2d`` call being differentiated, saves recomputing it.
     """
-    xp, _, out_shape, padding, slices = _pool_setup(x, kernel_size, stride, padding, "max_pool2d_backward")
+    xp, _, out_shape, padding, slices, disjoint = _pool_setup(
+        x, kernel_size, stride, padding, "max_pool2d_backward")
     _check_grad(grad_out, x, out_shape, "max_pool2d_backward")
     taps = _taps(_pad_spatial(xp, _batch_last(xp, x), padding, -math.inf), slices)
-    out = _window_max(taps, xp)
+    if forward_output is None:
+        out = _window_max(taps, xp)
+    else:
+        namespace_of(forward_output, x, names=("forward_output", "x"))
+        if tuple(forward_output.shape) != out_shape or forward_output.dtype != x.dtype:
+            raise ShapeError(
+                f"max_pool2d_backward: forward_output must be max_pool2d's result for this x, of shape {out_shape} "
+                f"and dtype {x.dtype}; got shape {tuple(forward_output.shape)}, dtype {forward_output.dtype}")
+        out = _batch_last(xp, forward_output)
 
-    assigned = xp.zeros(out.shape, dtype=xp.bool, device=device_of(x))
-    grad = _batch_last(xp, grad_out)
+    remaining = _batch_last(xp, grad_out)
     tap_grads = []
-    for tap in taps:
-        winner = (tap == out) & ~assigned
-        assigned = assigned | winner
-        tap_grads.append(grad * xp.astype(winner, grad.dtype))
-    grad_x = _scatter_taps(xp, _padded_shape(x, padding), x.dtype, device_of(x), slices, tap_grads)
+    for index, tap in enumerate(taps):
+        tap_grad = remaining * xp.astype(tap == out, remaining.dtype)
+        tap_grads.append(tap_grad)
+        if index < len(taps) - 1:
+            remaining = remaining - tap_grad  # exact: either all of it or nothing is taken
+    grad_x = _scatter_taps(xp, _padded_shape(x, padding), x.dtype, device_of(x), slices, tap_grads,
+                           disjoint=disjoint)
     return _batch_first(xp, _unpad_spatial(grad_x, padding))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """Mean over each window; zero padding counts toward the mean (PyTorch's count_include_pad=True)."""
-    xp, kernel, _, padding, slices = _pool_setup(x, kernel_size, stride, padding, "avg_pool2d")
+    xp, kernel, _, padding, slices, _ = _pool_setup(x, kernel_size, stride, padding, "avg_pool2d")
     taps = _taps(_pad_spatial(xp, _batch_last(xp, x), padding, 0.0), slices)
     total = taps[0]
     for tap in taps[1:]:
@@ -447,10 +462,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 
 def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0):
     """Gradient of ``avg_pool2d``: each input gets 1/window of every window it is in."""
-    xp, kernel, out_shape, padding, slices = _pool_setup(x, kernel_size, stride, padding, "avg_pool2d_backward")
+    xp, kernel, out_shape, padding, slices, disjoint = _pool_setup(
+        x, kernel_size, stride, padding, "avg_pool2d_backward")
     _check_grad(grad_out, x, out_shape, "avg_pool2d_backward")
     share = _batch_last(xp, grad_out) / (kernel[0] * kernel[1])
-    grad_x = _scatter_taps(xp, _padded_shape(x, padding), x.dtype, device_of(x), slices, [share] * len(slices))
+    grad_x = _scatter_taps(xp, _padded_shape(x, padding), x.dtype, device_of(x), slices, [share] * len(slices),
+                           disjoint=disjoint)
     return _batch_first(xp, _unpad_spatial(grad_x, padding))
 
 
@@ -472,7 +489,7 @@ def lp_pool2d(x, p, kernel_size, stride=None):
     p = _check_lp_norm(p)
     if math.isinf(p):
         return max_pool2d(x, kernel_size, stride)
-    xp, kernel, _, _, slices = _pool_setup(x, kernel_size, stride, 0, "lp_pool2d")
+    xp, kernel, _, _, slices, _ = _pool_setup(x, kernel_size, stride, 0, "lp_pool2d")
     taps = _taps(_batch_last(xp, x), slices)
     total = taps[0] ** p
     for tap in taps[1:]:
@@ -491,7 +508,7 @@ def lp_pool2d_backward(grad_out, x, p, kernel_size, stride=None):
     p = _check_lp_norm(p)
     if math.isinf(p):
         return max_pool2d_backward(grad_out, x, kernel_size, stride)
-    xp, kernel, out_shape, _, slices = _pool_setup(x, kernel_size, stride, 0, "lp_pool2d_backward")
+    xp, kernel, out_shape, _, slices, disjoint = _pool_setup(x, kernel_size, stride, 0, "lp_pool2d_backward")
     _check_grad(grad_out, x, out_shape, "lp_pool2d_backward")
     out = _batch_last(xp, lp_pool2d(x, p, kernel_size, stride))
     grad = _batch_last(xp, grad_out)
@@ -504,7 +521,8 @@ def lp_pool2d_backward(grad_out, x, p, kernel_size, stride=None):
     else:  # 0 ** (p - 1) is inf: keep it out of the product (0 * inf would be NaN)
         tap_grads = [scale * xp.where(tap > 0, tap, xp.ones_like(tap)) ** (p - 1.0) * xp.astype(tap > 0, x.dtype)
                      for tap in taps]
-    return _batch_first(xp, _scatter_taps(xp, _padded_shape(x, (0, 0)), x.dtype, device_of(x), slices, tap_grads))
+    grad_x = _scatter_taps(xp, _padded_shape(x, (0, 0)), x.dtype, device_of(x), slices, tap_grads, disjoint=disjoint)
+    return _batch_first(xp, grad_x)
 
 
 # --------------------------------------------------------------------------
@@ -576,7 +594,9 @@ def _check_axis(x, axis, name: str) -> None:
 
 def relu(x):
     xp = _elementwise_setup(x, "relu")
-    return xp.maximum(x, xp.zeros_like(x))
+    # A 0-d zero broadcasts: a full zeros_like array would cost an allocation
+    # and a pass over memory, several times the maximum itself in NumPy.
+    return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x)))
 
 
 def relu_backward(grad_out, x):

@@ -384,16 +384,18 @@ class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         _check_pool_arguments(type(self).__name__, kernel_size, stride, padding)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self._input = None
+        self._input = self._output = None
 
     def forward(self, x):
         self._input = x
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        self._output = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return self._output
 
     def backward(self, grad, input_grad=True):
         if not input_grad:
             return None
-        return F.max_pool2d_backward(grad, _require_input(self, "_input"), self.kernel_size, self.stride, self.padding)
+        return F.max_pool2d_backward(grad, _require_input(self, "_input"), self.kernel_size, self.stride, self.padding,
+                                     forward_output=self._output)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

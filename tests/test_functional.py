@@ -905,6 +905,53 @@ def test_max_pool_partial_ties():
                                   [[[[0, 3, 7, 0], [0, 0, 0, 0]]]])
 
 
+@pytest.mark.parametrize("cfg", POOL_CONFIGS, ids=lambda c: c.id)
+def test_max_pool_backward_from_kept_forward_output(case, cfg):
+    """Handing max_pool2d_backward the forward's result (what MaxPool2d does) changes nothing."""
+    rng = np.random.default_rng(31)
+    x = case.put(np.round(rng.standard_normal((cfg.n, cfg.c, cfg.h, cfg.w)), 1))  # rounding makes ties
+    args = (cfg.kernel, cfg.stride, cfg.padding)
+    out = F.max_pool2d(x, *args)
+    g = case.put(rng.standard_normal(tuple(out.shape)))
+    want = case.to_numpy(F.max_pool2d_backward(g, x, *args))
+    case.assert_close(F.max_pool2d_backward(g, x, *args, forward_output=out), want, rtol=0, atol=0)
+
+
+def test_max_pool_backward_refuses_a_foreign_forward_output():
+    x = np.zeros((1, 1, 4, 4))
+    with pytest.raises(ShapeError, match="forward_output must be max_pool2d's result"):
+        F.max_pool2d_backward(np.zeros((1, 1, 2, 2)), x, 2, forward_output=np.zeros((1, 1, 4, 4)))
+    with pytest.raises(ShapeError, match="dtype float64"):
+        F.max_pool2d_backward(np.zeros((1, 1, 2, 2)), x, 2, forward_output=np.zeros((1, 1, 2, 2), np.float32))
+
+
+@pytest.mark.parametrize("op", ["conv", "max_pool", "avg_pool"])
+def test_results_do_not_depend_on_the_inputs_memory_layout(op):
+    """Ops work on a batch-last view of their input; an NCHW-contiguous input, a batch-last
+    one (what layers hand each other) and a strided slice must all give the same numbers."""
+    rng = np.random.default_rng(32)
+    batch_last = rng.standard_normal((3, 8, 9, 4))  # (C, H, W, N) in memory
+    layouts = {
+        "nchw": np.ascontiguousarray(batch_last.transpose(3, 0, 1, 2)),
+        "batch-last": batch_last.transpose(3, 0, 1, 2),
+        "strided": np.ascontiguousarray(batch_last.transpose(3, 0, 1, 2).repeat(2, axis=3))[:, :, :, ::2],
+    }
+    w = rng.standard_normal((5, 3, 3, 3))
+    forward, backward = {
+        "conv": (lambda x: F.conv2d(x, w, padding=1), lambda g, x: F.conv2d_backward(g, x, w, padding=1)),
+        "max_pool": (lambda x: F.max_pool2d(x, 2), lambda g, x: (F.max_pool2d_backward(g, x, 2),)),
+        "avg_pool": (lambda x: F.avg_pool2d(x, 3, 2, 1), lambda g, x: (F.avg_pool2d_backward(g, x, 3, 2, 1),)),
+    }[op]
+    reference = layouts["nchw"]
+    out = forward(reference)
+    g = rng.standard_normal(out.shape)
+    for name, x in layouts.items():
+        np.testing.assert_array_equal(x, reference)
+        np.testing.assert_allclose(forward(x), out, rtol=1e-13, err_msg=name)
+        for got, want in zip(backward(g, x), backward(g, reference)):
+            np.testing.assert_allclose(got, want, rtol=1e-13, err_msg=name)
+
+
 # ==========================================================================
 # errors
 
