@@ -89,6 +89,10 @@ class Placement:
     def mutable_arrays(self) -> bool:
         return get_backend(self.backend).mutable_arrays
 
+    @property
+    def writable_views(self) -> bool:
+        return get_backend(self.backend).writable_views
+
     # Compare by spec: device objects such as torch.device("cuda") and
     # torch.device("cuda", 0) differ as objects but are the same place.
     def __eq__(self, other) -> bool:

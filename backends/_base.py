@@ -22,6 +22,10 @@ class Backend(Protocol):
     name: str  # the spec prefix, e.g. "torch"
     install_hint: str  # shown when the backend is not usable here
     mutable_arrays: bool  # False where arrays cannot be updated in place (jax)
+    # True where an in-place operator on a basic-slice view (``v = x[a:b]; v += y``)
+    # writes through to ``x``. The standard leaves that implementation-defined;
+    # the math uses it, where True, for a scatter-add with no extra copy.
+    writable_views: bool
 
     def is_available(self) -> bool: ...
     def version(self) -> str: ...

@@ -9,6 +9,7 @@ from ._base import lookup_device, version_of
 name = "cupy"
 install_hint = 'pip install "portacnn[cuda12]" (or "portacnn[cuda13]"), on a machine with an NVIDIA GPU'
 mutable_arrays = True
+writable_views = True
 
 
 def _cupy():

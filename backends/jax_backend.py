@@ -16,6 +16,7 @@ from ._base import lookup_device, version_of
 name = "jax"
 install_hint = "pip install jax (or jax[cuda12] for NVIDIA GPUs)"
 mutable_arrays = False  # JAX arrays are immutable: updates return new arrays
+writable_views = False
 
 
 @functools.cache

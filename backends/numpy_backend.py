@@ -9,6 +9,7 @@ from ._base import lookup_device, version_of
 name = "numpy"
 install_hint = "pip install numpy"
 mutable_arrays = True
+writable_views = True
 
 
 def is_available() -> bool:

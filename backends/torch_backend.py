@@ -11,6 +11,7 @@ from ._base import lookup_device, version_of
 name = "torch"
 install_hint = "pip install torch"
 mutable_arrays = True
+writable_views = True
 
 
 def _torch():

@@ -65,6 +65,27 @@ def namespace_of(*arrays, names: tuple[str, ...] | None = None):
     return first_ns
 
 
+# Per array type, whether its backend declares ``writable_views`` (see
+# backends/_base.py); types no backend owns take the standard's generic path.
+_WRITABLE_VIEWS_BY_TYPE: dict[type, bool] = {}
+
+
+def writes_through_views(x) -> bool:
+    """Whether an in-place operator on a slice of ``x`` updates ``x`` itself (NumPy, CuPy, torch)."""
+    kind = type(x)
+    flag = _WRITABLE_VIEWS_BY_TYPE.get(kind)
+    if flag is None:
+        from .backends import get_backend, placement_of
+        from .errors import PortacnnError
+
+        try:
+            flag = bool(get_backend(placement_of(x).backend).writable_views)
+        except PortacnnError:
+            flag = False
+        _WRITABLE_VIEWS_BY_TYPE[kind] = flag
+    return flag
+
+
 def device_of(x):
     return array_api_compat.device(x)
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import array_api_extra as xpx
 
-from ._arrays import device_of, namespace_of
+from ._arrays import device_of, namespace_of, writes_through_views
 from .errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
 
 __all__ = [
@@ -261,12 +261,22 @@ def _taps(x_padded, slices):
 def _scatter_taps(xp, padded_shape, dtype, device, slices, tap_grads, *, disjoint=False):
     """Sum per-tap gradients back onto the padded batch-last input (the mirror of ``_taps``).
 
-    ``at(...).add`` on slices is an in-place add on mutable arrays and a
-    functional update on immutable ones; the accumulator is ours alone. When
-    the windows do not overlap (``disjoint``) no element is written twice, so
-    the cheaper ``set`` replaces the read-modify-write ``add``.
+    When the windows do not overlap (``disjoint``) no element is written
+    twice, so a plain ``set`` replaces the read-modify-write ``add``. The
+    accumulator is ours alone, so it may be updated in place: through views
+    where the backend declares ``writable_views`` (one pass per tap, and no
+    per-call overhead), else with ``array_api_extra.at``, which is an
+    in-place update on mutable arrays and a functional one on JAX.
     """
     grad = xp.zeros(padded_shape, dtype=dtype, device=device)
+    if writes_through_views(grad):
+        for (rows, cols), tap_grad in zip(slices, tap_grads):
+            if disjoint:
+                grad[:, rows, cols, :] = tap_grad
+            else:
+                window = grad[:, rows, cols, :]
+                window += tap_grad
+        return grad
     for (rows, cols), tap_grad in zip(slices, tap_grads):
         update = xpx.at(grad)[:, rows, cols, :]
         grad = update.set(tap_grad, xp=xp) if disjoint else update.add(tap_grad, xp=xp)

@@ -330,6 +330,23 @@ def test_capability_flags():
     assert require("jax").supports_float64  # x64 is on once portacnn loads jax
     assert require("torch:cpu").supports_float64
     assert not require("array_api_strict:no_float64").supports_float64
+    assert B.parse_spec("numpy").writable_views
+    assert not require("jax").writable_views
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_writable_views_flag_tells_the_truth(spec):
+    """A backend that declares writable_views must really write through a slice's
+    in-place add: the conv and pool backward rely on it."""
+    target = require(spec)
+    x = B.to_device(np.zeros((2, 4, 4, 3), np.float32), target)
+    if not target.writable_views:
+        pytest.skip(f"{spec} does not declare writable views")
+    window = x[:, 1:3, 0:4:2, :]
+    window += B.to_device(np.ones((2, 2, 2, 3), np.float32), target)
+    expected = np.zeros((2, 4, 4, 3), np.float32)
+    expected[:, 1:3, 0:4:2, :] = 1.0
+    np.testing.assert_array_equal(B.to_numpy(x), expected)
 
 
 @pytest.mark.parametrize("spec", SPECS)

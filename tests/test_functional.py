@@ -925,6 +925,29 @@ def test_max_pool_backward_refuses_a_foreign_forward_output():
         F.max_pool2d_backward(np.zeros((1, 1, 2, 2)), x, 2, forward_output=np.zeros((1, 1, 2, 2), np.float32))
 
 
+@pytest.mark.parametrize("cfg", CONV_CONFIGS[:6], ids=lambda c: c.id)
+def test_in_place_scatter_matches_the_generic_path(cfg, monkeypatch):
+    """Backends with writable views add gradients back through views; the generic
+    path (array_api_extra.at, used on JAX and array-api-strict) must agree bit for bit."""
+    import portacnn._arrays
+
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal((cfg.n, cfg.c, cfg.h, cfg.w))
+    w = rng.standard_normal((cfg.o, cfg.c, *cfg.kernel))
+    g = rng.standard_normal(F.conv2d(x, w, **cfg.kw).shape)
+    g_pool = rng.standard_normal(F.max_pool2d(x, 3, 2, 1).shape)
+
+    def backward_passes():
+        return (*F.conv2d_backward(g, x, w, **cfg.kw), F.max_pool2d_backward(g_pool, x, 3, 2, 1),
+                F.avg_pool2d_backward(g_pool, x, 3, 2, 1), F.max_pool2d_backward(np.ones(F.max_pool2d(x, 2).shape), x, 2))
+
+    fast = backward_passes()
+    monkeypatch.setitem(portacnn._arrays._WRITABLE_VIEWS_BY_TYPE, np.ndarray, False)
+    assert not portacnn._arrays.writes_through_views(x)
+    for got, want in zip(fast, backward_passes()):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("op", ["conv", "max_pool", "avg_pool"])
 def test_results_do_not_depend_on_the_inputs_memory_layout(op):
     """Ops work on a batch-last view of their input; an NCHW-contiguous input, a batch-last
