@@ -559,7 +559,7 @@ def _linear_setup(x, weight, bias):
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias`` for ``x`` of shape (N, in_features)."""
     xp = _linear_setup(x, weight, bias)
-    out = xp.matmul(x, weight.T)
+    out = xp.matmul(weight, x.T).T
     return out if bias is None else out + bias
 
 
