@@ -24,14 +24,25 @@ def describe_array(x) -> str:
 # array_namespace inspects its arguments on every call; the answer depends
 # only on the array type, and the math asks it for every op, so it is cached.
 _NAMESPACE_BY_TYPE: dict[type, object] = {}
+# Array types whose library has a single device (NumPy's "cpu"): two of them
+# are always on the same device, so that check is skipped for them.
+_SINGLE_DEVICE_TYPES: set[type] = set()
 
 
-def _namespace_of_one(array):
-    kind = type(array)
-    namespace = _NAMESPACE_BY_TYPE.get(kind)
-    if namespace is None:
-        namespace = array_api_compat.array_namespace(array)
-        _NAMESPACE_BY_TYPE[kind] = namespace
+def _label(names, index: int) -> str:
+    return names[index] if names else f"argument {index}"
+
+
+def _new_namespace(array, index: int, names):
+    if not array_api_compat.is_array_api_obj(array):
+        raise DTypeError(
+            f"{_label(names, index)} must be an array, got {type(array).__name__}; "
+            "convert it first, e.g. portacnn.to_device(numpy.asarray(value), 'numpy')"
+        )
+    namespace = array_api_compat.array_namespace(array)
+    _NAMESPACE_BY_TYPE[type(array)] = namespace
+    if array_api_compat.is_numpy_namespace(namespace):
+        _SINGLE_DEVICE_TYPES.add(type(array))
     return namespace
 
 
@@ -42,27 +53,27 @@ def namespace_of(*arrays, names: tuple[str, ...] | None = None):
     different libraries or sit on different devices, and ``TypeError`` when an
     argument is not an array at all (a list, a scalar).
     """
-    present = [(i, a) for i, a in enumerate(arrays) if a is not None]
-    labels = names or tuple(f"argument {i}" for i in range(len(arrays)))
-    for i, a in present:
-        if type(a) not in _NAMESPACE_BY_TYPE and not array_api_compat.is_array_api_obj(a):
-            raise DTypeError(
-                f"{labels[i]} must be an array, got {type(a).__name__}; "
-                "convert it first, e.g. portacnn.to_device(numpy.asarray(value), 'numpy')"
-            )
-    first_index, first = present[0]
-    first_ns = _namespace_of_one(first)
-    if len(present) == 1:
-        return first_ns
-    first_device = array_api_compat.device(first)
-    for i, a in present[1:]:
-        if _namespace_of_one(a) is not first_ns or array_api_compat.device(a) != first_device:
+    first = first_index = first_namespace = None
+    for index, array in enumerate(arrays):
+        if array is None:
+            continue
+        kind = type(array)
+        namespace = _NAMESPACE_BY_TYPE.get(kind)
+        if namespace is None:
+            namespace = _new_namespace(array, index, names)
+        if first is None:
+            first, first_index, first_namespace = array, index, namespace
+        elif namespace is not first_namespace or (
+                kind not in _SINGLE_DEVICE_TYPES
+                and array_api_compat.device(array) != array_api_compat.device(first)):
             raise BackendMismatchError(
-                f"{labels[first_index]} is a {describe_array(first)} but {labels[i]} is a "
-                f"{describe_array(a)}; move both to one place first, e.g. "
+                f"{_label(names, first_index)} is a {describe_array(first)} but {_label(names, index)} is a "
+                f"{describe_array(array)}; move both to one place first, e.g. "
                 "model.to(spec) and portacnn.to_device(batch, spec)"
             )
-    return first_ns
+    if first is None:
+        raise TypeError("namespace_of needs at least one array")
+    return first_namespace
 
 
 # Per array type, whether its backend declares ``writable_views`` (see

@@ -17,6 +17,7 @@ see (JAX arrays are immutable, NumPy inputs may be read-only).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -121,9 +122,19 @@ _INTEGRAL_HINT = (" (integer data such as uint8 images: convert it first, e.g. x
                   "0-255 pixels, or portacnn.training.prepare_images(images, 'float32') for NumPy images)")
 
 
+# Every op checks its input's dtype; isdtype is slow enough in NumPy to show
+# at batch size 5, so the dtypes that passed are remembered, one set per
+# dtype class (array-api-strict warns when its dtypes meet NumPy's).
+_REAL_FLOATING_DTYPES: dict[type, set] = {}
+
+
 def _require_float(xp, x, name: str) -> None:
     dtype = x.dtype
+    known = _REAL_FLOATING_DTYPES.setdefault(type(dtype), set())
+    if dtype in known:
+        return
     if xp.isdtype(dtype, "real floating"):
+        known.add(dtype)
         return
     if xp.isdtype(dtype, "integral"):
         hint = _INTEGRAL_HINT
@@ -242,15 +253,16 @@ def _padded_shape(x, padding):
     return (x.shape[1], x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1], x.shape[0])
 
 
+@functools.lru_cache(maxsize=256)
 def _tap_slices(kernel, stride, dilation, out_hw):
     """For each kernel tap in row-major order, the (rows, cols) slices of the
     padded input that this tap sees across all output positions."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
-    return [
+    return tuple(
         (slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw))
         for i in range(kh)
         for j in range(kw)
-    ]
+    )
 
 
 def _taps(x_padded, slices):
@@ -295,7 +307,7 @@ class ConvGeometry(NamedTuple):
     padding: tuple[int, int]
     dilation: tuple[int, int]
     out_hw: tuple[int, int]
-    slices: list
+    slices: tuple
 
 
 def conv_geometry(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
@@ -567,7 +579,13 @@ def linear_backward(grad_out, x, weight):
     """Gradients of ``linear`` → ``(grad_x, grad_weight, grad_bias)``."""
     xp = _linear_setup(x, weight, None)
     _check_grad(grad_out, x, (x.shape[0], weight.shape[0]), "linear_backward")
-    return xp.matmul(grad_out, weight), xp.matmul(grad_out.T, x), xp.sum(grad_out, axis=0)
+    if x.shape[0] == 1:
+        # One sample: the weight gradient is an outer product, which NumPy's
+        # matmul (inner size 1) computes about 3x slower than a broadcast product.
+        grad_weight = grad_out.T * x
+    else:
+        grad_weight = xp.matmul(grad_out.T, x)
+    return xp.matmul(grad_out, weight), grad_weight, xp.sum(grad_out, axis=0)
 
 
 # --------------------------------------------------------------------------

@@ -400,7 +400,7 @@ def test_lp_pool_vs_torch(cfg, p):
     close64(F.lp_pool2d_backward(g, x, p, cfg.kernel, cfg.stride), t_gx, msg="backward")
 
 
-LINEAR_SHAPES = [(1, 1, 1), (3, 5, 2), (4, 7, 6), (2, 16, 10)]  # (N, in, out)
+LINEAR_SHAPES = [(1, 1, 1), (1, 6, 4), (3, 5, 2), (4, 7, 6), (2, 16, 10)]  # (N, in, out); N=1 takes the outer-product path
 
 
 @needs_torch
