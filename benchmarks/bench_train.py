@@ -402,10 +402,10 @@ def estimate_seed_preset(spec: str, args) -> dict:
     `portacnn train` does) and its per-epoch evaluation; extrapolate to the whole run."""
     import numpy
 
-    from portacnn import functional as F
     from portacnn.backends import synchronize, to_device
     from portacnn.nn import CrossEntropyLoss
     from portacnn.optim import SGD
+    from portacnn.training import EVAL_BATCH_SIZE, evaluate
 
     preset, dtype = seed_preset(), "float32"
     batch, train_size = preset["batch_size"], preset.get("train_size") or 60_000
@@ -428,10 +428,8 @@ def estimate_seed_preset(spec: str, args) -> dict:
         model.backward(loss_fn.backward(), input_grad=False)
         optimizer.step()
 
-    def eval_batch():  # one batch of `evaluate` (batch 1000 in `portacnn train`)
-        x = to_device(images[:args.infer_batch].astype(dtype) / 255, spec)
-        y = to_device(labels[:args.infer_batch], spec)
-        synchronize(F.cross_entropy(model(x), y))
+    def eval_batch():  # what `portacnn train` runs after each epoch, on --infer-batch images
+        evaluate(model, images[:args.infer_batch], labels[:args.infer_batch])
 
     def train_sync():
         synchronize([p.data for p in model.parameters()])
@@ -447,7 +445,7 @@ def estimate_seed_preset(spec: str, args) -> dict:
     epoch_seconds = train_size / train_rate + MNIST_TEST_SIZE / eval_rate
     return {
         "backend": spec, "dtype": dtype, "preset": preset, "train_images_per_s": train_rate,
-        "eval_images_per_s": eval_rate, "eval_batch_size": args.infer_batch, "epoch_seconds": epoch_seconds,
+        "eval_images_per_s": eval_rate, "eval_batch_size": EVAL_BATCH_SIZE, "epoch_seconds": epoch_seconds,
         "estimated_seconds": preset["epochs"] * epoch_seconds,
     }
 

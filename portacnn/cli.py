@@ -106,6 +106,8 @@ def _load_model(args):
 
 
 def _add_evaluate(subparsers) -> None:
+    from .training import EVAL_BATCH_SIZE
+
     parser = subparsers.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix",
                                    description="Evaluate a checkpoint on the MNIST test split.")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
@@ -113,7 +115,8 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--backend", help="backend spec (default: $PORTACNN_BACKEND or numpy)")
     parser.add_argument("--data-dir", help="MNIST folder (default: $PORTACNN_DATA or ~/.cache/portacnn/mnist)")
     parser.add_argument("--test-size", type=int, help="use the first N test images (default: all)")
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help=f"images per forward pass (default {EVAL_BATCH_SIZE})")
     parser.set_defaults(handler=_run_evaluate)
 
 

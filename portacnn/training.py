@@ -179,7 +179,13 @@ def _model_placement(model):
     return placement_of(first), str(first.dtype).rsplit(".", 1)[-1]
 
 
-def evaluate(model, images, labels, batch_size: int = 1000):
+#: Default batch size of ``evaluate``. Larger batches do not help on the CPU:
+#: at 1000 images conv2's patch matrix is 128 MB and falls out of cache, and
+#: batches of 250 ran about 30% faster here (NumPy, float32).
+EVAL_BATCH_SIZE = 250
+
+
+def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE):
     """Mean cross-entropy, accuracy and predicted classes of ``model`` on host arrays.
 
     ``images`` (N, 1, 28, 28) uint8 or float, ``labels`` (N,) integers, both
