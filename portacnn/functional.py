@@ -10,9 +10,17 @@ Each forward has a backward that recomputes what it needs from the forward's
 inputs, so a caller only has to keep those inputs.
 
 Rules this module keeps (see the README): only the standard plus
-``array_api_extra``; no integer-index scatter (gradients are added back with
-``array_api_extra.at`` on *slices*); no in-place writes on arrays a caller can
-see (JAX arrays are immutable, NumPy inputs may be read-only).
+``array_api_extra``; no integer-index scatter (gradients are added back on
+*slices*); no in-place writes on arrays a caller can see (JAX arrays are
+immutable, NumPy inputs may be read-only). The one backend-specific fast path
+is behind the ``writable_views`` capability of ``portacnn.backends``: the
+scatter-add into an accumulator this module just created goes through views
+where a backend declares it (NumPy, CuPy, torch) and through
+``array_api_extra.at`` elsewhere; a test checks both give the same bits.
+
+Internally, sliding windows are taken in a batch-last (C, H, W, N) layout,
+and conv2d and the pools return NCHW *views* of batch-last memory, so the
+next layer's batch-last view is free (see "sliding windows" below).
 """
 
 from __future__ import annotations
