@@ -101,7 +101,10 @@ class SGD(Optimizer):
             buffer = grad if previous is None else self.momentum * previous + grad
             self.momentum_buffers[index] = buffer
             grad = grad + self.momentum * buffer if self.nesterov else buffer
-        return data - self.lr * grad
+        # The same bits as data - lr * grad, but NumPy adds into the temporary
+        # -lr * grad instead of allocating the result (it can only reuse the
+        # left operand of a subtraction): one 1.6 MB allocation less for fc1.
+        return -self.lr * grad + data
 
 
 class Adam(Optimizer):
@@ -137,7 +140,7 @@ class Adam(Optimizer):
         self.first_moments[index], self.second_moments[index] = m, v
         m_hat = m / (1 - beta1 ** self.step_count)
         v_hat = v / (1 - beta2 ** self.step_count)
-        return data - self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+        return -self.lr * m_hat / (xp.sqrt(v_hat) + self.eps) + data  # data - ..., see SGD
 
 
 class _Scheduler:

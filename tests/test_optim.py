@@ -53,6 +53,32 @@ def test_update_rebinds_and_never_writes_into_the_old_array():
     np.testing.assert_array_equal(data, np.ones(3))
 
 
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.0137, weight_decay=1e-4),
+                                  lambda p: SGD(p, lr=0.0137, momentum=0.9),
+                                  lambda p: Adam(p, lr=0.0137)])
+def test_large_updates_are_the_textbook_formula_bit_for_bit_and_leave_inputs_alone(make):
+    """Updates are written so NumPy can reuse its temporaries (arrays >= 256 KiB); that must
+    change neither the bits of ``data - lr * step`` nor the caller's data and gradient."""
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((500, 800)).astype(np.float32)
+    grad = rng.standard_normal((500, 800)).astype(np.float32)
+    data_before, grad_before = data.copy(), grad.copy()
+    parameter = Parameter(data)
+    parameter.grad = grad
+    optimizer = make([parameter])
+    optimizer.step()
+    if isinstance(optimizer, Adam):
+        m_hat = (1 - 0.9) * grad / (1 - 0.9)
+        v_hat = (1 - 0.999) * grad * grad / (1 - 0.999)
+        expected = data_before - 0.0137 * m_hat / (np.sqrt(v_hat) + 1e-8)
+    else:
+        step = grad + 1e-4 * data_before if optimizer.weight_decay else grad
+        expected = data_before - 0.0137 * step
+    np.testing.assert_array_equal(parameter.data, expected)
+    np.testing.assert_array_equal(data, data_before)
+    np.testing.assert_array_equal(grad, grad_before)
+
+
 def test_parameters_without_gradient_are_left_alone():
     a, b = Parameter(np.ones(2)), Parameter(np.ones(2))
     a.grad = np.ones(2)
