@@ -35,6 +35,7 @@ from typing import NamedTuple
 import array_api_extra as xpx
 
 from ._arrays import device_of, namespace_of, writes_through_views
+from ._host_random import host_generator
 from .errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
 
 __all__ = [
@@ -854,18 +855,11 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, 
 def dropout_mask(shape, p: float, rng):
     """A host keep-mask (NumPy bool array, True = keep) drawn from ``rng``.
 
-    ``rng`` is a ``numpy.random.Generator`` (or an int seed). Drawing on the
+    ``rng`` is a ``numpy.random.Generator`` or an int seed. Drawing on the
     host makes the mask, and so the result, identical on every backend.
     """
     p = _check_probability(p, "dropout probability p")
-    import numpy  # host-side randomness only; the math below never touches it
-
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
-        rng = numpy.random.default_rng(rng)
-    if not isinstance(rng, numpy.random.Generator):
-        raise ArgumentTypeError(
-            f"dropout rng must be a numpy.random.Generator or an int seed, got {type(rng).__name__}")
-    return rng.random(tuple(shape)) >= p
+    return host_generator(rng, "dropout rng").random(tuple(shape)) >= p
 
 
 def _device_mask(xp, mask, like):

@@ -18,6 +18,7 @@ import numpy
 
 from . import functional as F
 from ._arrays import namespace_of
+from ._host_random import host_generator
 from .backends import dtype_name, parse_spec, placement_of, to_device, to_numpy
 from .errors import (ArgumentError, ArgumentTypeError, CheckpointError, DTypeError, PortacnnError, ShapeError,
                      UsageError)
@@ -48,18 +49,6 @@ class Buffer:
 
     def __init__(self, data):
         self.data = data
-
-
-def _as_generator(rng) -> numpy.random.Generator:
-    if isinstance(rng, numpy.random.Generator):
-        return rng
-    if not isinstance(rng, bool):
-        try:
-            return numpy.random.default_rng(rng)
-        except (TypeError, ValueError):
-            pass
-    raise ArgumentTypeError(
-        f"rng must be a numpy.random.Generator, a non-negative int seed or None, got {rng!r}")
 
 
 def _host_dtype(dtype) -> numpy.dtype:
@@ -263,7 +252,7 @@ class Conv2d(Module):
         self.stride = F._pair(stride, "stride", minimum=1)
         self.padding = F._pair(padding, "padding", minimum=0)
         self.dilation = F._pair(dilation, "dilation", minimum=1)
-        generator = _as_generator(rng)
+        generator = host_generator(rng)
         fan_in, fan_out = in_channels * kernel[0] * kernel[1], out_channels * kernel[0] * kernel[1]
         shape = (out_channels, in_channels, *kernel)
         self.weight = _new_parameter(_init_weight(generator, shape, fan_in, fan_out, init), dtype, device)
@@ -302,7 +291,7 @@ class Linear(Module):
         in_features = _positive_int(in_features, "in_features", "Linear")
         out_features = _positive_int(out_features, "out_features", "Linear")
         self.in_features, self.out_features = in_features, out_features
-        generator = _as_generator(rng)
+        generator = host_generator(rng)
         weight = _init_weight(generator, (out_features, in_features), in_features, out_features, init)
         self.weight = _new_parameter(weight, dtype, device)
         self.bias = _new_parameter(numpy.zeros(out_features), dtype, device) if bias else None
@@ -435,8 +424,9 @@ class LPPool2d(Module):
 
 
 class _Activation(Module):
-    _forward = staticmethod(F.relu)
-    _backward = staticmethod(F.relu_backward)
+    """An elementwise layer: subclasses name their ``functional`` forward and backward."""
+
+    _forward = _backward = None
 
     def __init__(self):
         self._input = None
@@ -495,7 +485,7 @@ class Dropout(Module):
     def __init__(self, p=0.5, *, rng=None):
         F._check_probability(p, "Dropout probability p")
         self.p = p
-        self.rng = _as_generator(rng)
+        self.rng = host_generator(rng)
         self._mask = None
 
     def forward(self, x):

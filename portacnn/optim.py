@@ -6,6 +6,7 @@ place, so they work on immutable arrays (JAX) as well as mutable ones.
 
 from __future__ import annotations
 
+from ._arrays import namespace_of
 from .errors import ArgumentError, ArgumentTypeError, CheckpointError
 from .functional import _check_number
 
@@ -127,8 +128,6 @@ class Adam(Optimizer):
         self.second_moments = [None] * len(self.params)
 
     def _update(self, index, data, grad):
-        from ._arrays import namespace_of
-
         xp = namespace_of(data, grad, names=("parameter", "gradient"))
         beta1, beta2 = self.betas
         if self.weight_decay:

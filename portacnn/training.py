@@ -348,6 +348,8 @@ def _flush(xp, pending_losses, pending_logits, pending_labels, epoch, first_step
     return float(numpy.dot(losses, sizes)), correct
 
 
+# NumPy would warn about overflow before the loss turns NaN; _flush reports that clearly instead.
+@numpy.errstate(over="ignore", invalid="ignore")
 def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed=None):
     """One epoch of steps → (mean train loss, train accuracy).
 
@@ -355,12 +357,6 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
     trains on its shard of each global batch and the gradients are averaged
     across processes before every optimizer step.
     """
-    # NumPy would warn about overflow before the loss turns NaN; _flush reports that clearly instead.
-    with numpy.errstate(over="ignore", invalid="ignore"):
-        return _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed)
-
-
-def _run_steps(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed):
     xp, n = placement.namespace, len(order)
     model.train()
     steps = math.ceil(n / config.batch_size)
