@@ -98,7 +98,7 @@ def torch_sync(device: str):
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.synchronize
+        return lambda: torch.cuda.synchronize(device)  # that device, not the current one
     return lambda: None
 
 

@@ -40,8 +40,6 @@ NUM_BATCHES = 8  # distinct synthetic batches cycled through, so nothing is memo
 GROWTH_TOLERANCE, GROWTH_FLOOR_BYTES = 0.05, 1 << 20
 SECTIONS = ("train", "inference", "memory", "seed")
 
-# `portacnn train --preset seed` (portacnn.training.PRESETS["seed"]), used if that module can't be imported.
-SEED_PRESET_FALLBACK = dict(epochs=50, batch_size=5, lr=0.005, momentum=0.0, weight_decay=1e-4, train_size=10_000)
 MNIST_TEST_SIZE = 10_000  # `portacnn train` evaluates the whole test split after every epoch
 
 
@@ -137,7 +135,7 @@ def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM
     from portacnn.nn import CrossEntropyLoss
     from portacnn.optim import SGD
 
-    loss_fn = CrossEntropyLoss()
+    loss_fn = CrossEntropyLoss(check_labels=False)  # as `portacnn train`: a label check syncs a GPU every step
     optimizer = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     next_batch = cycler([(to_device(x, spec), to_device(y, spec)) for x, y in host_batches])
     model.train()
@@ -388,15 +386,6 @@ def memory_table(rows: list[dict]) -> str:
     return text
 
 
-def seed_preset() -> dict:
-    try:
-        from portacnn.training import PRESETS
-
-        return dict(PRESETS["seed"])
-    except (ImportError, KeyError):
-        return dict(SEED_PRESET_FALLBACK)
-
-
 def estimate_seed_preset(spec: str, args) -> dict:
     """Time the seed preset's training step (float32, batch 5, host data moved per step as
     `portacnn train` does) and its per-epoch evaluation; extrapolate to the whole run."""
@@ -405,23 +394,23 @@ def estimate_seed_preset(spec: str, args) -> dict:
     from portacnn.backends import synchronize, to_device
     from portacnn.nn import CrossEntropyLoss
     from portacnn.optim import SGD
-    from portacnn.training import EVAL_BATCH_SIZE, evaluate
+    from portacnn.training import EVAL_BATCH_SIZE, LABEL_DTYPE, PRESETS, evaluate, prepare_images
 
-    preset, dtype = seed_preset(), "float32"
+    preset, dtype = dict(PRESETS["seed"]), "float32"
     batch, train_size = preset["batch_size"], preset.get("train_size") or 60_000
     rng = numpy.random.default_rng(SEED)
     pool = max(args.infer_batch, 20 * batch)  # host uint8 images, like MNIST
     images = rng.integers(0, 256, (pool, 1, 28, 28), dtype=numpy.uint8)
-    labels = rng.integers(0, 10, pool).astype(numpy.int32)
+    labels = rng.integers(0, 10, pool).astype(LABEL_DTYPE)
     model = portacnn_model(spec, dtype)
-    loss_fn = CrossEntropyLoss()
+    loss_fn = CrossEntropyLoss(check_labels=False)  # as `portacnn train`: a label check syncs a GPU every step
     optimizer = SGD(model.parameters(), lr=preset["lr"], momentum=preset["momentum"],
                     weight_decay=preset["weight_decay"])
     position = {"i": 0}
 
     def train_step():
         i = position["i"] = (position["i"] + batch) % (len(labels) - batch)
-        x = to_device(images[i:i + batch].astype(dtype) / 255, spec)
+        x = to_device(prepare_images(images[i:i + batch], dtype), spec)
         y = to_device(labels[i:i + batch], spec)
         loss = loss_fn(model(x), y)  # noqa: F841
         optimizer.zero_grad()

@@ -99,7 +99,7 @@ stage bench_ops "$OPS_TIMEOUT" "$PYTHON" benchmarks/bench_ops.py \
 # --- summary ----------------------------------------------------------------
 {
     echo "== gpu_check summary ($(date -u +"%Y-%m-%dT%H:%M:%SZ")) =="
-    head -n 20 "$OUT/environment.txt" | grep -E "NVIDIA|Driver|backends:|torch " || true
+    grep -E "NVIDIA|Driver|backends:|torch " "$OUT/environment.txt" || true
     for name in tests bench_train bench_ops; do
         case "${STATUS[$name]}" in
             0) echo "$name: ok" ;;
