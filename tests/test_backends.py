@@ -68,6 +68,18 @@ def test_import_loads_no_array_library():
     assert out.stdout.strip() == "[]"
 
 
+def test_jax_backend_itself_turns_on_float64():
+    """The test harness enables jax_enable_x64 for the whole pytest process, which would hide a
+    backend that stopped doing it; a fresh interpreter shows what a user gets."""
+    pytest.importorskip("jax")
+    code = (
+        "import numpy, portacnn.backends as B\n"
+        "print(B.dtype_name(B.to_device(numpy.zeros(2), 'jax')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "float64"
+
+
 # --- parse_spec -------------------------------------------------------------------
 
 
