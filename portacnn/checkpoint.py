@@ -68,11 +68,20 @@ ARCHITECTURES = {"lenet": _lenet}
 # atomic writes
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (temp files get 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path, write) -> Path:
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then move it over ``path``.
 
-    On any failure the temp file is removed and ``path`` is untouched. The
-    parent folder is created if needed. Returns ``path`` as a ``Path``.
+    On any failure (including one ``write`` raises) the temp file is removed
+    and ``path`` is untouched. The parent folder is created if needed, and the
+    file ends up with the permissions a plainly created one would have.
+    Returns ``path`` as a ``Path``.
     """
     path = Path(path)
     try:
@@ -85,6 +94,7 @@ def atomic_write(path, write) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, _new_file_mode())
         os.replace(handle.name, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -11,13 +11,11 @@ names the file, says what is wrong and how to fix it.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
@@ -232,20 +230,18 @@ def _download_all(folder: Path, missing: list[str]) -> None:
 
 
 def _download(url: str, target: Path, expected_md5: str | None) -> None:
-    """Stream ``url`` to a temp file beside ``target``, check it, then move it into place.
+    """Stream ``url`` into ``target`` through ``atomic_write``, checking length and md5 before the
+    file takes its name: a partial or bad download never sits where the loader would read it."""
+    from .checkpoint import atomic_write
 
-    The temp file is removed on any failure, so a partial or bad download never
-    sits under a name the loader would read.
-    """
-    tmp = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
-    try:
+    def stream(handle):
         digest, got = hashlib.md5(usedforsecurity=False), 0
-        with tmp, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with _progress(total, target.name) as bar:
                 while chunk := response.read(1 << 16):
-                    tmp.write(chunk)
+                    handle.write(chunk)
                     digest.update(chunk)
                     got += len(chunk)
                     bar.update(len(chunk))
@@ -254,11 +250,8 @@ def _download(url: str, target: Path, expected_md5: str | None) -> None:
             raise DatasetError(f"truncated download: expected {total} bytes, got {got}")
         if expected_md5 is not None and digest.hexdigest() != expected_md5:
             raise DatasetError(f"md5 mismatch: expected {expected_md5}, got {digest.hexdigest()}")
-        os.replace(tmp.name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
+
+    atomic_write(target, stream)
 
 
 class _NoBar:

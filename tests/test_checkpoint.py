@@ -1,6 +1,8 @@
 """Tests for portacnn.checkpoint: round trip, no pickle, atomic saves, clear errors."""
 
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -239,3 +241,14 @@ def test_atomic_write_creates_parent_folders(tmp_path):
     ckpt.atomic_write(target, lambda handle: handle.write(b"hi"))
     assert target.read_bytes() == b"hi"
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_write_gives_the_permissions_of_a_plainly_created_file(tmp_path, umask):
+    """Temp files are created 0o600; checkpoints, metrics, plots and downloads must not stay that way."""
+    previous = os.umask(umask)
+    try:
+        target = ckpt.atomic_write(tmp_path / "metrics.json", lambda handle: handle.write(b"{}"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask

@@ -141,7 +141,7 @@ def test_download_interrupted_by_ctrl_c_leaves_no_partial_file(tmp_path, monkeyp
     folder = tmp_path / "dl"
     with pytest.raises(KeyboardInterrupt):
         load_mnist("train", root=folder)
-    assert os.listdir(folder) == []  # neither the temp .part file nor the target
+    assert os.listdir(folder) == []  # neither the temp file nor the target
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
