@@ -18,6 +18,12 @@ scatter-add into an accumulator this module just created goes through views
 where a backend declares it (NumPy, CuPy, torch) and through
 ``array_api_extra.at`` elsewhere; a test checks both give the same bits.
 
+The forward ops are ``tape_aware``: given a ``portacnn.Tensor`` they hand
+the call to the tape (``portacnn.autograd``), which records a node whose
+backward is the matching ``<op>_backward`` here, and return a Tensor; given
+plain arrays they are pure array functions. This module never imports the
+tape.
+
 Internally, sliding windows are taken in a batch-last (C, H, W, N) layout,
 and conv2d and the pools return NCHW *views* of batch-last memory, so the
 next layer's batch-last view is free (see "sliding windows" below).
@@ -35,6 +41,7 @@ from typing import NamedTuple
 import array_api_extra as xpx
 
 from ._arrays import device_of, namespace_of, writes_through_views
+from ._dispatch import tape_aware
 from ._host_random import host_generator
 from .errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
 
@@ -391,6 +398,7 @@ def conv2d_backward_from_patches(xp, grad_out, cols, input_shape, weight, geomet
     return _batch_first(xp, _unpad_spatial(grad_x, padding)), grad_weight, grad_bias
 
 
+@tape_aware
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     """2-D cross-correlation of ``x`` (N, C, H, W) with ``weight`` (O, C, kh, kw)."""
     xp, geometry = conv_geometry(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
@@ -440,6 +448,7 @@ def _window_max(taps, xp):
     return out
 
 
+@tape_aware
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Max over each window; padding is −inf so it never wins."""
     xp, _, _, padding, slices, _ = _pool_setup(x, kernel_size, stride, padding, "max_pool2d")
@@ -481,6 +490,7 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, *, for
     return _batch_first(xp, _unpad_spatial(grad_x, padding))
 
 
+@tape_aware
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """Mean over each window; zero padding counts toward the mean (PyTorch's count_include_pad=True)."""
     xp, kernel, _, padding, slices, _ = _pool_setup(x, kernel_size, stride, padding, "avg_pool2d")
@@ -510,6 +520,7 @@ def _check_lp_norm(p) -> float:
     return float(p)
 
 
+@tape_aware
 def lp_pool2d(x, p, kernel_size, stride=None):
     """Power mean of each window, ``mean(x**p) ** (1/p)``.
 
@@ -577,6 +588,7 @@ def _linear_setup(x, weight, bias):
     return xp
 
 
+@tape_aware
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias`` for ``x`` of shape (N, in_features)."""
     xp = _linear_setup(x, weight, bias)
@@ -629,6 +641,7 @@ def _check_axis(x, axis, name: str) -> None:
 # activations produce.
 
 
+@tape_aware
 def relu(x):
     xp = _elementwise_setup(x, "relu")
     # A 0-d zero broadcasts: a full zeros_like array would cost an allocation
@@ -641,6 +654,7 @@ def relu_backward(grad_out, x):
     return grad_out * xp.astype(x > 0, grad_out.dtype)
 
 
+@tape_aware
 def sigmoid(x):
     """Logistic function, finite for any input: exp is only taken of −|x|."""
     xp = _elementwise_setup(x, "sigmoid")
@@ -654,6 +668,7 @@ def sigmoid_backward(grad_out, x):
     return grad_out * s * (1.0 - s)
 
 
+@tape_aware
 def tanh(x):
     xp = _elementwise_setup(x, "tanh")
     return xp.tanh(x)
@@ -665,6 +680,7 @@ def tanh_backward(grad_out, x):
     return grad_out * (1.0 - t * t)
 
 
+@tape_aware
 def log_softmax(x, axis: int = -1):
     """``x - logsumexp(x)`` with the maximum subtracted first, so large logits stay finite."""
     xp = _elementwise_setup(x, "log_softmax")
@@ -679,6 +695,7 @@ def log_softmax_backward(grad_out, x, axis: int = -1):
     return grad_out - xp.exp(log_softmax(x, axis)) * xp.sum(grad_out, axis=axis, keepdims=True)
 
 
+@tape_aware
 def softmax(x, axis: int = -1):
     xp = _elementwise_setup(x, "softmax")
     _check_axis(x, axis, "softmax")
@@ -739,6 +756,7 @@ def _one_hot(xp, labels, num_classes: int, dtype):
     return xp.astype(xp.reshape(labels, (-1, 1)) == classes, dtype)
 
 
+@tape_aware
 def cross_entropy(logits, labels, *, check_labels: bool = True):
     """Mean negative log-likelihood of integer ``labels`` under softmax(``logits``); a 0-d array.
 
@@ -790,6 +808,7 @@ def _batch_norm_setup(x, running_mean, running_var, weight, bias):
     return xp, axes, broadcast, count
 
 
+@tape_aware
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Batch normalisation over all axes but the channel axis 1.
 
@@ -879,6 +898,7 @@ def _device_mask(xp, mask, like):
     return mask
 
 
+@tape_aware
 def dropout(x, p: float = 0.5, *, mask=None, rng=None, training: bool = True):
     """Zero elements where ``mask`` is False and scale the rest by 1/(1-p).
 

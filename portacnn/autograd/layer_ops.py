@@ -1,0 +1,221 @@
+"""The ``functional`` layer ops as tape nodes.
+
+Each ``Function`` here runs ``functional.<op>`` forward and
+``functional.<op>_backward`` backward, so every gradient formula lives once,
+in ``functional``. ``register()`` hands ``functional``'s tape-aware ops these
+implementations, so ``F.conv2d(x_tensor, weight)`` records a node while
+``F.conv2d(x_array, weight_array)`` stays a pure array function.
+"""
+
+from __future__ import annotations
+
+from .. import functional as F
+from .._dispatch import HANDLERS
+from .tape import Function, as_input
+
+
+class Conv2d(Function):
+    def forward(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+        xp, geometry = F.conv_geometry(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+        # The patch matrix is the largest share of a convolution's cost, so
+        # it is kept for the weight gradient rather than rebuilt.
+        patches = F.im2col(xp, x, geometry)
+        self.xp, self.patches, self.input_shape, self.weight, self.geometry = (
+            xp, patches, tuple(x.shape), weight, geometry)
+        return F.conv2d_from_patches(xp, patches, x.shape[0], weight, bias, geometry)
+
+    def backward(self, grad):
+        return F.conv2d_backward_from_patches(self.xp, grad, self.patches, self.input_shape, self.weight,
+                                              self.geometry, input_grad=self.needs_input_grad[0])
+
+
+class MaxPool2d(Function):
+    def forward(self, x, *, kernel_size, stride=None, padding=0):
+        out = F.max_pool2d(x, kernel_size, stride, padding)
+        self.x, self.out, self.options = x, out, (kernel_size, stride, padding)
+        return out
+
+    def backward(self, grad):
+        return F.max_pool2d_backward(grad, self.x, *self.options, forward_output=self.out)
+
+
+class AvgPool2d(Function):
+    def forward(self, x, *, kernel_size, stride=None, padding=0):
+        self.x, self.options = x, (kernel_size, stride, padding)
+        return F.avg_pool2d(x, kernel_size, stride, padding)
+
+    def backward(self, grad):
+        return F.avg_pool2d_backward(grad, self.x, *self.options)
+
+
+class LPPool2d(Function):
+    def forward(self, x, *, p, kernel_size, stride=None):
+        self.x, self.options = x, (p, kernel_size, stride)
+        return F.lp_pool2d(x, p, kernel_size, stride)
+
+    def backward(self, grad):
+        return F.lp_pool2d_backward(grad, self.x, *self.options)
+
+
+class Linear(Function):
+    def forward(self, x, weight, bias=None):
+        self.x, self.weight = x, weight
+        return F.linear(x, weight, bias)
+
+    def backward(self, grad):
+        return F.linear_backward(grad, self.x, self.weight)
+
+
+class _Elementwise(Function):
+    """An activation whose backward needs only its input."""
+
+    _forward = _backward = None
+
+    def forward(self, x):
+        self.x = x
+        return type(self)._forward(x)
+
+    def backward(self, grad):
+        return type(self)._backward(grad, self.x)
+
+
+class ReLU(_Elementwise):
+    _forward, _backward = staticmethod(F.relu), staticmethod(F.relu_backward)
+
+
+class Sigmoid(_Elementwise):
+    _forward, _backward = staticmethod(F.sigmoid), staticmethod(F.sigmoid_backward)
+
+
+class Tanh(_Elementwise):
+    _forward, _backward = staticmethod(F.tanh), staticmethod(F.tanh_backward)
+
+
+class Softmax(Function):
+    def forward(self, x, *, axis=-1):
+        self.x, self.axis = x, axis
+        return F.softmax(x, axis)
+
+    def backward(self, grad):
+        return F.softmax_backward(grad, self.x, self.axis)
+
+
+class LogSoftmax(Function):
+    def forward(self, x, *, axis=-1):
+        self.x, self.axis = x, axis
+        return F.log_softmax(x, axis)
+
+    def backward(self, grad):
+        return F.log_softmax_backward(grad, self.x, self.axis)
+
+
+class CrossEntropy(Function):
+    def forward(self, logits, labels, *, check_labels=True):
+        self.logits, self.labels = logits, labels
+        return F.cross_entropy(logits, labels, check_labels=check_labels)
+
+    def backward(self, grad):
+        # forward already checked the labels
+        return F.cross_entropy_backward(self.logits, self.labels, check_labels=False) * grad, None
+
+
+class BatchNorm(Function):
+    """Outputs ``(y, new_running_mean, new_running_var)``; only ``y`` has a gradient."""
+
+    def forward(self, x, running_mean, running_var, weight=None, bias=None, *, training=False, momentum=0.1,
+                eps=1e-5):
+        y, new_mean, new_var = F.batch_norm(x, running_mean, running_var, weight, bias, training=training,
+                                            momentum=momentum, eps=eps)
+        # The backward normalises with the statistics the forward used: the
+        # batch's in training, the running ones (as they were) in eval.
+        self.x, self.running_mean, self.running_var, self.weight = x, running_mean, running_var, weight
+        self.training, self.eps = training, eps
+        return y, new_mean, new_var
+
+    def backward(self, grad, _mean_grad=None, _var_grad=None):
+        grad_x, grad_weight, grad_bias = F.batch_norm_backward(
+            grad, self.x, self.running_mean, self.running_var, self.weight, training=self.training, eps=self.eps)
+        return grad_x, None, None, grad_weight, grad_bias
+
+
+class Dropout(Function):
+    def forward(self, x, *, p, mask):
+        self.mask, self.p = mask, p
+        return F.dropout(x, p, mask=mask)
+
+    def backward(self, grad):
+        return F.dropout_backward(grad, self.mask, self.p)
+
+
+# --------------------------------------------------------------------------
+# handlers: functional's signatures, Tensors in, Tensors out
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    return MaxPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    return AvgPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding)
+
+
+def lp_pool2d(x, p, kernel_size, stride=None):
+    return LPPool2d.apply(x, p=p, kernel_size=kernel_size, stride=stride)
+
+
+def linear(x, weight, bias=None):
+    return Linear.apply(x, weight, bias)
+
+
+def relu(x):
+    return ReLU.apply(x)
+
+
+def sigmoid(x):
+    return Sigmoid.apply(x)
+
+
+def tanh(x):
+    return Tanh.apply(x)
+
+
+def softmax(x, axis=-1):
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return LogSoftmax.apply(x, axis=axis)
+
+
+def cross_entropy(logits, labels, *, check_labels=True):
+    return CrossEntropy.apply(logits, labels, check_labels=check_labels)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """``functional.batch_norm`` on the tape: ``(y Tensor, new_running_mean, new_running_var)`` (arrays)."""
+    y, new_mean, new_var = BatchNorm.apply(x, running_mean, running_var, weight, bias, training=training,
+                                           momentum=momentum, eps=eps)
+    return y, None if new_mean is None else new_mean.data, None if new_var is None else new_var.data
+
+
+def dropout(x, p=0.5, *, mask=None, rng=None, training=True):
+    x = as_input(x)
+    if not training or F._check_probability(p, "dropout probability p") == 0.0:
+        # Identity, as functional.dropout is (after the same dtype check).
+        F.dropout(x.data, p, training=False)
+        return x
+    if mask is None:
+        if rng is None:
+            F.dropout(x.data, p, training=True)  # raises the missing-mask error
+        mask = F.dropout_mask(x.shape, p, rng)
+    return Dropout.apply(x, p=p, mask=mask)
+
+
+def register() -> None:
+    for name in ("conv2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "linear", "relu", "sigmoid", "tanh",
+                 "softmax", "log_softmax", "cross_entropy", "batch_norm", "dropout"):
+        HANDLERS[name] = globals()[name]
