@@ -6,7 +6,7 @@ thread per rank (OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1), so 2 ranks use 2
 cores where 1 rank uses one. Each rank runs the training loop of
 ``portacnn train --distributed``: its shard of every global batch of
 ``--batch-sizes`` synthetic 1x28x28 uint8 images, ``prepare_images``, forward,
-``CrossEntropyLoss``, backward, ``distributed.allreduce_gradients`` (one flat
+``CrossEntropyLoss``, ``loss.backward()``, ``distributed.allreduce_gradients`` (one flat
 buffer), SGD with momentum.
 
 Columns:
@@ -114,8 +114,7 @@ def bench_batch(args, placement, batch: int) -> dict:
         local = distributed.shard(numpy.arange(start, start + batch))
         x = to_device(prepare_images(images[local], args.dtype), placement)
         y = to_device(labels[local].astype(LABEL_DTYPE), placement)
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward(), input_grad=False)
+        loss_fn(model(x), y).backward()
         began = time.perf_counter()
         distributed.allreduce_gradients(model, weight=len(local) / batch)
         in_allreduce[0] += time.perf_counter() - began

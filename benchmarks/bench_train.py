@@ -142,9 +142,9 @@ def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM
 
     def step():
         x, y = next_batch()
-        loss = loss_fn(model(x), y)  # noqa: F841 - a user would log it
+        loss = loss_fn(model(x), y)
         optimizer.zero_grad()
-        model.backward(loss_fn.backward(), input_grad=False)
+        loss.backward()
         optimizer.step()
 
     def sync():
@@ -154,6 +154,7 @@ def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM
 
 
 def portacnn_infer_step(model, spec: str, host_batches):
+    from portacnn import no_grad
     from portacnn.backends import synchronize, to_device
 
     next_batch = cycler([to_device(x, spec) for x, _ in host_batches])
@@ -161,7 +162,8 @@ def portacnn_infer_step(model, spec: str, host_batches):
     last = []
 
     def step():
-        last[:] = [model(next_batch())]
+        with no_grad():  # as torch's reference
+            last[:] = [model(next_batch()).data]
 
     def sync():
         if last:
@@ -412,9 +414,9 @@ def estimate_seed_preset(spec: str, args) -> dict:
         i = position["i"] = (position["i"] + batch) % (len(labels) - batch)
         x = to_device(prepare_images(images[i:i + batch], dtype), spec)
         y = to_device(labels[i:i + batch], spec)
-        loss = loss_fn(model(x), y)  # noqa: F841
+        loss = loss_fn(model(x), y)
         optimizer.zero_grad()
-        model.backward(loss_fn.backward(), input_grad=False)
+        loss.backward()
         optimizer.step()
 
     def eval_batch():  # what `portacnn train` runs after each epoch, on --infer-batch images

@@ -38,8 +38,7 @@ for epoch in range(1, args.epochs + 1):
     model.train()
     for batch in numpy.array_split(rng.permutation(len(labels)), len(labels) // 5):
         x, y = to_device(images[batch], args.backend), to_device(labels[batch], args.backend)
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward(), input_grad=False)
+        loss_fn(model(x), y).backward()
         optimizer.step()
         optimizer.zero_grad()
     lr = optimizer.lr  # this epoch's rate, before the scheduler moves it on

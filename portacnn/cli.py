@@ -213,6 +213,7 @@ def _add_predict(subparsers) -> None:
 
 def _run_predict(args) -> int:
     from . import functional as F
+    from .autograd import no_grad
     from .backends import to_device, to_numpy
 
     _require_pillow()
@@ -232,7 +233,8 @@ def _run_predict(args) -> int:
         from .backends import placement_of
 
         batch = numpy.stack([pixels for _, pixels in loaded])[:, None, :, :].astype(dtype)
-        probabilities = to_numpy(F.softmax(model(to_device(batch, placement_of(first))), axis=1))
+        with no_grad():
+            probabilities = to_numpy(F.softmax(model(to_device(batch, placement_of(first))), axis=1).data)
         for (path, _), row in zip(loaded, probabilities):
             digit = int(numpy.argmax(row))
             print(f"{path}: {digit} ({float(row[digit]):.4f})")

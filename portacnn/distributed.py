@@ -16,7 +16,7 @@ as one process would with the whole batch::
         batch = order[start:start + batch_size]         # the global batch, the same on every rank
         local = distributed.shard(batch)                # this rank's disjoint part of it
         loss = loss_fn(model(x[local]), y[local])
-        model.backward(loss_fn.backward(), input_grad=False)
+        loss.backward()
         distributed.allreduce_gradients(model, weight=len(local) / len(batch))
         optimizer.step(); optimizer.zero_grad()
 

@@ -1,9 +1,10 @@
-"""Layers with ``forward`` and ``backward``, named as a PyTorch user expects.
+"""Layers, named as a PyTorch user expects: a layer needs only ``__init__`` and ``forward``.
 
-A layer keeps what its backward needs from the last forward (its input),
-``backward(grad)`` returns the gradient with respect to that input and adds
-the parameter gradients to ``param.grad``. Parameters are small holders whose
-``data`` is *rebound* by optimizers, never written in place.
+Calling a layer on Tensors (or on a plain backend array, taken as a constant
+input) runs the ``functional`` ops on the tape and returns a Tensor;
+``loss.backward()`` then fills every parameter's ``grad`` (see
+``portacnn.autograd``). Parameters are leaf Tensors whose ``data`` is
+*rebound* by optimizers, never written in place.
 
 Parameters are drawn on the host from a seeded ``numpy.random.Generator`` and
 then moved to the backend, so one seed gives bit-identical weights everywhere.
@@ -19,6 +20,8 @@ import numpy
 from . import functional as F
 from ._arrays import namespace_of
 from ._host_random import host_generator
+from .autograd import Tensor
+from .autograd.tape import as_input
 from .backends import dtype_name, parse_spec, placement_of, to_device, to_numpy
 from .errors import (ArgumentError, ArgumentTypeError, CheckpointError, DTypeError, PortacnnError, ShapeError,
                      UsageError)
@@ -29,17 +32,21 @@ __all__ = [
 ]
 
 
-class Parameter:
-    """A trainable array (``data``) and its accumulated gradient (``grad``, or None)."""
+class Parameter(Tensor):
+    """A trainable leaf Tensor: ``data`` is a backend array, ``grad`` its accumulated gradient (or None).
 
-    __slots__ = ("data", "grad")
+    ``requires_grad`` is True unless switched off (``requires_grad_(False)``
+    freezes it: no gradient is computed for it and optimizers skip it).
+    """
 
-    def __init__(self, data):
-        self.data = data
-        self.grad = None
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data, requires_grad=requires_grad)
 
     def __repr__(self):
-        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}{frozen})"
 
 
 class Buffer:
@@ -80,46 +87,64 @@ class Module:
 
     training = True
 
-    def forward(self, x):
-        raise NotImplementedError
+    def forward(self, *inputs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward(self, x)")
 
-    def backward(self, grad, input_grad=True):
-        """Gradient with respect to the last forward's input; parameter gradients
-        are added to ``param.grad``. With ``input_grad=False`` (nothing upstream
-        needs it, as for a network's first layer) the layer may skip that work
-        and return None."""
-        raise NotImplementedError
+    def backward(self, *args, **kwargs):
+        raise UsageError(
+            "layers no longer have their own backward: the graph is recorded as the model runs, so compute the "
+            "loss and call loss.backward(), e.g. loss = CrossEntropyLoss()(model(x), y); loss.backward()")
 
-    def __call__(self, *args):
-        return self.forward(*args)
+    def __call__(self, *inputs, **options):
+        if len(inputs) == 1 and isinstance(inputs[0], Tensor):  # the common case, kept fast
+            return self.forward(inputs[0], **options)
+        return self.forward(*[as_input(value) for value in inputs], **options)
 
     # -- discovery ---------------------------------------------------------
 
-    def _named_members(self, kind, prefix=""):
+    def _named_members(self, kind, prefix="", seen=None):
+        """``(dotted name, member)`` pairs; with a ``seen`` set, each member only under its first name."""
         for name, value in vars(self).items():
             if isinstance(value, kind):
+                if seen is not None:
+                    if id(value) in seen:
+                        continue
+                    seen.add(id(value))
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value._named_members(kind, f"{prefix}{name}.")
+                yield from value._named_members(kind, f"{prefix}{name}.", seen)
 
     def named_parameters(self):
-        return list(self._named_members(Parameter))
+        """Each parameter once, under the first name it is found by (a layer used twice counts once)."""
+        return list(self._named_members(Parameter, seen=set()))
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self):
-        return list(self._named_members(Buffer))
+        return list(self._named_members(Buffer, seen=set()))
 
     def modules(self):
-        yield self
-        for value in vars(self).values():
-            if isinstance(value, Module):
-                yield from value.modules()
+        """This module and every module inside it, each once."""
+        seen = set()
+        stack = [self]
+        while stack:
+            module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield module
+            stack.extend(reversed([v for v in vars(module).values() if isinstance(v, Module)]))
 
     def zero_grad(self):
         for p in self.parameters():
             p.grad = None
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """Freeze (False) or unfreeze every parameter; a frozen one gets no gradient and no update."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
 
     def train(self, mode: bool = True):
         for module in self.modules():
@@ -151,9 +176,12 @@ class Module:
     # -- state -------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Parameters and buffers by dotted name, as arrays on the model's backend."""
-        state = {name: p.data for name, p in self.named_parameters()}
-        state.update({name: b.data for name, b in self.named_buffers()})
+        """Parameters and buffers by dotted name, as arrays on the model's backend.
+
+        As in PyTorch, a parameter shared by two layers appears under both names.
+        """
+        state = {name: p.data for name, p in self._named_members(Parameter)}
+        state.update({name: b.data for name, b in self._named_members(Buffer)})
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -167,8 +195,8 @@ class Module:
             raise CheckpointError(
                 f"load_state_dict takes a dict of arrays by parameter name (e.g. model.state_dict() or "
                 f"load_checkpoint(path)['model']), got {type(state).__name__}")
-        own = dict(self.named_parameters())
-        own.update(self.named_buffers())
+        own = dict(self._named_members(Parameter))
+        own.update(self._named_members(Buffer))
         not_arrays = sorted(name for name in state if not (hasattr(state[name], "shape")
                                                              and hasattr(state[name], "dtype")))
         if not_arrays:
@@ -231,11 +259,9 @@ def _init_weight(rng, shape, fan_in, fan_out, init):
     raise ArgumentError(f"init must be 'he' (before ReLU) or 'glorot' (before sigmoid/tanh/softmax), got {init!r}")
 
 
-def _require_input(module, attribute: str):
-    value = getattr(module, attribute)
-    if value is None:
-        raise UsageError(f"{type(module).__name__}.backward called before forward: run forward on a batch first")
-    return value
+def _data(value):
+    """The array inside a Tensor argument (a layer's ``forward`` may also be given plain arrays)."""
+    return value.data if isinstance(value, Tensor) else value
 
 
 # --------------------------------------------------------------------------
@@ -257,29 +283,9 @@ class Conv2d(Module):
         shape = (out_channels, in_channels, *kernel)
         self.weight = _new_parameter(_init_weight(generator, shape, fan_in, fan_out, init), dtype, device)
         self.bias = _new_parameter(numpy.zeros(out_channels), dtype, device) if bias else None
-        self._saved = None
 
     def forward(self, x):
-        bias = None if self.bias is None else self.bias.data
-        xp, geometry = F.conv_geometry(
-            x, self.weight.data, bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
-        patches = F.im2col(xp, x, geometry)
-        # In training the patch matrix is kept for backward (building it is a
-        # large share of a convolution's cost); in eval only the input is, so
-        # inference does not hold patch matrices between calls.
-        self._saved = (xp, x, patches if self.training else None, geometry)
-        return F.conv2d_from_patches(xp, patches, x.shape[0], self.weight.data, bias, geometry)
-
-    def backward(self, grad, input_grad=True):
-        xp, x, patches, geometry = _require_input(self, "_saved")
-        if patches is None:
-            patches = F.im2col(xp, x, geometry)
-        grad_x, grad_weight, grad_bias = F.conv2d_backward_from_patches(
-            xp, grad, patches, tuple(x.shape), self.weight.data, geometry, input_grad)
-        _accumulate(self.weight, grad_weight)
-        if self.bias is not None:
-            _accumulate(self.bias, grad_bias)
-        return grad_x
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -295,25 +301,12 @@ class Linear(Module):
         weight = _init_weight(generator, (out_features, in_features), in_features, out_features, init)
         self.weight = _new_parameter(weight, dtype, device)
         self.bias = _new_parameter(numpy.zeros(out_features), dtype, device) if bias else None
-        self._input = None
 
     def forward(self, x):
-        self._input = x
-        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
-
-    def backward(self, grad, input_grad=True):
-        grad_x, grad_weight, grad_bias = F.linear_backward(grad, _require_input(self, "_input"), self.weight.data)
-        _accumulate(self.weight, grad_weight)
-        if self.bias is not None:
-            _accumulate(self.bias, grad_bias)
-        return grad_x if input_grad else None
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
-def _accumulate(parameter: Parameter, grad) -> None:
-    parameter.grad = grad if parameter.grad is None else parameter.grad + grad
 
 
 class BatchNorm2d(Module):
@@ -330,29 +323,16 @@ class BatchNorm2d(Module):
         host_dtype = _host_dtype(dtype)
         self.running_mean = Buffer(to_device(numpy.zeros(num_features, dtype=host_dtype), placement))
         self.running_var = Buffer(to_device(numpy.ones(num_features, dtype=host_dtype), placement))
-        self._input = None
-        self._trained_on_batch = True
 
     def forward(self, x):
-        namespace_of(x, names=("x",))
+        namespace_of(_data(x), names=("x",))
         if x.ndim != 4:
             raise ShapeError(f"BatchNorm2d expects (N, C, H, W) input, got shape {tuple(x.shape)}"
                              + F._ndim_hint(x.ndim, 4))
-        self._input, self._trained_on_batch = x, self.training
         y, self.running_mean.data, self.running_var.data = F.batch_norm(
-            x, self.running_mean.data, self.running_var.data,
-            None if self.weight is None else self.weight.data, None if self.bias is None else self.bias.data,
+            x, self.running_mean.data, self.running_var.data, self.weight, self.bias,
             training=self.training, momentum=self.momentum, eps=self.eps)
         return y
-
-    def backward(self, grad, input_grad=True):
-        grad_x, grad_weight, grad_bias = F.batch_norm_backward(
-            grad, _require_input(self, "_input"), self.running_mean.data, self.running_var.data,
-            None if self.weight is None else self.weight.data, training=self._trained_on_batch, eps=self.eps)
-        if self.weight is not None:
-            _accumulate(self.weight, grad_weight)
-            _accumulate(self.bias, grad_bias)
-        return grad_x if input_grad else None
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
@@ -373,18 +353,9 @@ class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         _check_pool_arguments(type(self).__name__, kernel_size, stride, padding)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self._input = self._output = None
 
     def forward(self, x):
-        self._input = x
-        self._output = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
-        return self._output
-
-    def backward(self, grad, input_grad=True):
-        if not input_grad:
-            return None
-        return F.max_pool2d_backward(grad, _require_input(self, "_input"), self.kernel_size, self.stride, self.padding,
-                                     forward_output=self._output)
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -392,13 +363,7 @@ class MaxPool2d(Module):
 
 class AvgPool2d(MaxPool2d):
     def forward(self, x):
-        self._input = x
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
-
-    def backward(self, grad, input_grad=True):
-        if not input_grad:
-            return None
-        return F.avg_pool2d_backward(grad, _require_input(self, "_input"), self.kernel_size, self.stride, self.padding)
 
 
 class LPPool2d(Module):
@@ -408,71 +373,40 @@ class LPPool2d(Module):
         F._check_lp_norm(norm_type)
         _check_pool_arguments("LPPool2d", kernel_size, stride)
         self.norm_type, self.kernel_size, self.stride = norm_type, kernel_size, stride
-        self._input = None
 
     def forward(self, x):
-        self._input = x
         return F.lp_pool2d(x, self.norm_type, self.kernel_size, self.stride)
-
-    def backward(self, grad, input_grad=True):
-        if not input_grad:
-            return None
-        return F.lp_pool2d_backward(grad, _require_input(self, "_input"), self.norm_type, self.kernel_size, self.stride)
 
     def extra_repr(self):
         return f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}"
 
 
-class _Activation(Module):
-    """An elementwise layer: subclasses name their ``functional`` forward and backward."""
-
-    _forward = _backward = None
-
-    def __init__(self):
-        self._input = None
-
+class ReLU(Module):
     def forward(self, x):
-        self._input = x
-        return self._forward(x)
-
-    def backward(self, grad, input_grad=True):
-        if not input_grad:
-            return None
-        return self._backward(grad, _require_input(self, "_input"))
+        return F.relu(x)
 
 
-class ReLU(_Activation):
-    _forward, _backward = staticmethod(F.relu), staticmethod(F.relu_backward)
+class Sigmoid(Module):
+    def forward(self, x):
+        return F.sigmoid(x)
 
 
-class Sigmoid(_Activation):
-    _forward, _backward = staticmethod(F.sigmoid), staticmethod(F.sigmoid_backward)
-
-
-class Tanh(_Activation):
-    _forward, _backward = staticmethod(F.tanh), staticmethod(F.tanh_backward)
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
 
 
 class Flatten(Module):
     """(N, C, H, W) → (N, C*H*W)."""
 
-    def __init__(self):
-        self._input_shape = None
-
     def forward(self, x):
-        xp = namespace_of(x, names=("x",))
+        namespace_of(_data(x), names=("x",))
         if x.ndim < 2:
             raise ShapeError(f"Flatten expects a batch of at least 2-D shape (N, ...), got shape {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ShapeError(f"Flatten input is an empty batch (shape {tuple(x.shape)}); pass at least one sample")
-        self._input_shape = tuple(x.shape)
-        return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
-
-    def backward(self, grad, input_grad=True):
-        if not input_grad:
-            return None
-        xp = namespace_of(grad, names=("grad",))
-        return xp.reshape(grad, _require_input(self, "_input_shape"))
+        # -1 for the batch: the one size a lazy library may not know yet.
+        return as_input(x).reshape(-1, math.prod(x.shape[1:]))
 
 
 class Dropout(Module):
@@ -486,22 +420,12 @@ class Dropout(Module):
         F._check_probability(p, "Dropout probability p")
         self.p = p
         self.rng = host_generator(rng)
-        self._mask = None
 
     def forward(self, x):
-        F._require_float(namespace_of(x, names=("x",)), x, "Dropout input x")
+        F._require_float(namespace_of(_data(x), names=("x",)), _data(x), "Dropout input x")
         if not self.training or self.p == 0.0:
-            self._mask = None
             return x
-        self._mask = F.dropout_mask(x.shape, self.p, self.rng)
-        return F.dropout(x, self.p, mask=self._mask)
-
-    def backward(self, grad, input_grad=True):
-        if not input_grad:
-            return None
-        if self._mask is None:
-            return grad
-        return F.dropout_backward(grad, self._mask, self.p)
+        return F.dropout(x, self.p, mask=F.dropout_mask(x.shape, self.p, self.rng))
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -527,6 +451,7 @@ class Sequential(Module):
         return len(self.layers)
 
     def forward(self, x):
+        x = as_input(x)
         for index, layer in enumerate(self.layers):
             try:
                 x = layer.forward(x)
@@ -536,34 +461,17 @@ class Sequential(Module):
                 raise
         return x
 
-    def backward(self, grad, input_grad=True):
-        layers = self.layers
-        if not layers:
-            return grad
-        for layer in reversed(layers[1:]):
-            grad = layer.backward(grad)
-        return layers[0].backward(grad, input_grad=input_grad)
-
 
 class CrossEntropyLoss(Module):
-    """Mean cross-entropy of integer labels; ``backward()`` gives the gradient of the logits.
+    """Mean cross-entropy of integer labels: ``loss = CrossEntropyLoss()(logits, labels); loss.backward()``.
 
-    ``check_labels`` (default True) makes ``forward`` refuse labels outside
+    ``check_labels`` (default True) makes it refuse labels outside
     ``[0, num_classes)``; see ``functional.cross_entropy`` for its cost (one
     reduction, and a device sync on GPUs).
     """
 
     def __init__(self, *, check_labels: bool = True):
         self.check_labels = bool(check_labels)
-        self._logits = self._labels = None
 
     def forward(self, logits, labels):
-        loss = F.cross_entropy(logits, labels, check_labels=self.check_labels)
-        self._logits, self._labels = logits, labels
-        return loss
-
-    def backward(self, grad=None):
-        logits = _require_input(self, "_logits")
-        # forward already checked these labels
-        grad_logits = F.cross_entropy_backward(logits, self._labels, check_labels=False)
-        return grad_logits if grad is None else grad_logits * grad
+        return F.cross_entropy(logits, labels, check_labels=self.check_labels)

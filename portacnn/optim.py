@@ -2,6 +2,8 @@
 
 Updates rebind ``param.data`` (``p = p - lr * g``) instead of writing in
 place, so they work on immutable arrays (JAX) as well as mutable ones.
+Parameters without a gradient (frozen with ``requires_grad_(False)``, or
+not used by the loss) are left as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ __all__ = ["SGD", "Adam", "StepLR", "ExponentialLR"]
 
 class Optimizer:
     def __init__(self, params, lr: float):
-        from .nn import Module, Parameter
+        from .autograd import Tensor
+        from .nn import Module
 
         if isinstance(params, Module):
             raise ArgumentTypeError(
@@ -27,11 +30,18 @@ class Optimizer:
                                     f"got {type(params).__name__}") from None
         if not self.params:
             raise ArgumentError("optimizer got an empty parameter list; pass model.parameters()")
+        seen = {}
         for index, param in enumerate(self.params):
-            if not isinstance(param, Parameter):
+            if not isinstance(param, Tensor) or not param.is_leaf:
+                what = "an op's result Tensor" if isinstance(param, Tensor) else f"a {type(param).__name__}"
                 raise ArgumentTypeError(
-                    f"{type(self).__name__} params must be Parameters (pass model.parameters()), item {index} is a "
-                    f"{type(param).__name__}")
+                    f"{type(self).__name__} params must be Parameters (pass model.parameters()), item {index} is "
+                    f"{what}")
+            if id(param) in seen:
+                raise ArgumentError(
+                    f"{type(self).__name__} got the same parameter twice (items {seen[id(param)]} and {index}) and "
+                    "would update it twice per step; pass each parameter once, e.g. model.parameters()")
+            seen[id(param)] = index
         self.lr = _check_number(lr, "learning rate lr", low=0.0, low_inclusive=False)
         self.step_count = 0
 

@@ -7,7 +7,7 @@
 
 One epoch: shuffle the training indices with a seeded host
 ``numpy.random.Generator`` (its state is checkpointed), then per mini-batch:
-move it to the backend, forward, ``CrossEntropyLoss``, backward, SGD step.
+move it to the backend, forward, ``CrossEntropyLoss``, ``loss.backward()``, SGD step.
 ``StepLR`` is stepped once per epoch; the full test split (or its first
 ``test_size`` images) is evaluated in eval mode at the end of every epoch.
 Each step's loss and logits stay on the device and are read back together
@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy
 
+from .autograd import no_grad
 from .backends import get_backend, parse_spec, placement_of, to_device, to_numpy
 from .checkpoint import LAST, atomic_write, load_checkpoint, restore_training_state, save_checkpoint
 from .errors import ArgumentError, CheckpointError, PortacnnError, ShapeError
@@ -207,7 +208,8 @@ def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE):
         for start in range(0, len(labels), batch_size):
             x = to_device(prepare_images(images[start:start + batch_size], dtype), placement)
             y = to_device(labels[start:start + batch_size].astype(LABEL_DTYPE), placement)
-            logits = model(x)
+            with no_grad():
+                logits = model(x).data
             loss_sums.append(F.cross_entropy(logits, y, check_labels=False) * y.shape[0])
             all_logits.append(logits)
         loss = float(numpy.sum(to_numpy(xp.stack(loss_sums)).astype(numpy.float64))) / len(labels)
@@ -376,9 +378,9 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
                 y = to_device(host_labels, placement)
                 logits = model(x)
                 loss = loss_fn(logits, y)  # the mean over this process's images ...
-                model.backward(loss_fn.backward(), input_grad=False)
-                pending_losses.append(loss)
-                pending_logits.append(logits)
+                loss.backward()
+                pending_losses.append(loss.data)
+                pending_logits.append(logits.data)
                 pending_labels.append(host_labels)
             if distributed is not None:
                 # ... so each gradient counts by its share of the batch: the sum is the batch mean's gradient.

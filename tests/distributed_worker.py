@@ -92,7 +92,10 @@ def run_cli(kind: str, args: list[str]) -> int:
             if calls[0] == 2:
                 if kind == "fail":
                     raise RuntimeError("injected failure")
-                return loss * float("nan")
+                # A NaN loss value whose gradient is the real loss's (d(loss + c)/d(loss) = 1), as the
+                # injection was when the loss value and its backward were separate: only the loss diverges,
+                # the gradients (and so the other rank) stay finite.
+                return loss + float("nan")
             return loss
 
         CrossEntropyLoss.forward = faulty_forward

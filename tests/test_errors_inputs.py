@@ -10,7 +10,7 @@ Covered elsewhere (not repeated here):
   dilation, pair types, lp ``p``, dropout ``p``, lists), ``test_mixing_backends_names_both``
   and ``test_strict_default_device_vs_device1`` (two backends / two devices).
 * ``tests/test_nn.py``: ``test_batch_from_another_backend_is_refused_with_both_sides_named``,
-  ``test_backward_before_forward_says_so``, ``test_load_state_dict_lists_every_mismatch``.
+  ``test_module_backward_says_to_call_loss_backward``, ``test_load_state_dict_lists_every_mismatch``.
 * ``tests/test_optim.py``: ``test_bad_hyperparameters_are_rejected``, ``test_empty_parameter_list_is_rejected``.
 
 Here: layer and model level messages (which layer, what to do), constructors,
@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import portacnn
 from portacnn import functional as F
 from portacnn import nn
 from portacnn.errors import (ArgumentError, ArgumentTypeError, BackendMismatchError, DTypeError, PortacnnError,
@@ -241,16 +242,15 @@ def test_grad_out_dtype_must_match_x(backend, op):
         GRAD_DTYPE_CALLS[op](g, x)
 
 
-def test_layer_backward_checks_grad_dtype_and_backend():
-    layer = nn.Conv2d(3, 2, 3)
-    layer(zeros(1, 3, 6, 6))
-    with raises(DTypeError, "grad_out has dtype float64 but x has dtype float32"):
-        layer.backward(zeros(1, 2, 4, 4, dtype=np.float64))
-    with raises(DTypeError, "grad_out must be an array, got list"):
-        layer.backward([[0.0]])
+def test_backward_of_a_layer_output_checks_grad_dtype_and_backend():
+    out = nn.Conv2d(3, 2, 3)(zeros(1, 3, 6, 6))
+    with raises(DTypeError, "grad has dtype float64 but the Tensor has float32"):
+        out.backward(zeros(1, 2, 4, 4, dtype=np.float64))
+    with raises(DTypeError, "grad must be an array, got list"):
+        out.backward([[0.0]])
     strict = pytest.importorskip("array_api_strict")
-    with raises(BackendMismatchError, "grad_out", "array_api_strict", "numpy"):
-        layer.backward(strict.asarray(zeros(1, 2, 4, 4)))
+    with raises(BackendMismatchError, "backward grad", "array_api_strict", "numpy"):
+        out.backward(strict.asarray(zeros(1, 2, 4, 4)))
 
 
 # --------------------------------------------------------------------------
@@ -429,8 +429,11 @@ def test_valid_conv2d_calls_never_fail(cfg, dtype):
     gx, gw, gb = F.conv2d_backward(np.ones(cfg["out"], dtype), x, w, **options)
     assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == (w.shape[0],)
     layer = nn.Conv2d(cfg["x"][1], cfg["weight"][0], cfg["weight"][2:], dtype=np.dtype(dtype).name, **options)
-    assert layer(x).shape == cfg["out"]
-    assert layer.backward(np.ones(cfg["out"], dtype)).shape == x.shape
+    x_in = portacnn.tensor(x, requires_grad=True)
+    out = layer(x_in)
+    assert out.shape == cfg["out"]
+    out.backward(np.ones(cfg["out"], dtype))
+    assert x_in.grad.shape == x.shape
 
 
 @PROPERTY
@@ -450,18 +453,25 @@ def test_valid_pooling_calls_never_fail(cfg, op):
         layer = (nn.MaxPool2d if op == "max" else nn.AvgPool2d)(*args)
     assert out.shape == cfg["out"] and gx.shape == x.shape
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(gx))
-    assert layer(x).shape == cfg["out"] and layer.backward(g).shape == x.shape
+    x_in = portacnn.tensor(x, requires_grad=True)
+    layer_out = layer(x_in)
+    assert layer_out.shape == cfg["out"]
+    layer_out.backward(g)
+    assert x_in.grad.shape == x.shape
 
 
 @PROPERTY
 @given(n=st.integers(1, 4), fin=st.integers(1, 6), fout=st.integers(1, 6), classes_ok=st.booleans())
 def test_valid_linear_and_loss_calls_never_fail(n, fin, fout, classes_ok):
     rng = np.random.default_rng(2)
-    layer, loss = nn.Linear(fin, fout, rng=0, dtype="float64"), nn.CrossEntropyLoss()
-    logits = layer(rng.standard_normal((n, fin)))
+    layer, loss_fn = nn.Linear(fin, fout, rng=0, dtype="float64"), nn.CrossEntropyLoss()
+    x_in = portacnn.tensor(rng.standard_normal((n, fin)), requires_grad=True)
+    logits = layer(x_in)
     labels = rng.integers(0, fout, n).astype(np.uint8 if classes_ok else np.int64)
-    assert np.isfinite(float(loss(logits, labels)))
-    assert layer.backward(loss.backward()).shape == (n, fin)
+    loss = loss_fn(logits, labels)
+    assert np.isfinite(loss.item())
+    loss.backward()
+    assert x_in.grad.shape == (n, fin)
 
 
 # Each mutation turns a valid conv2d / pooling / linear call into an invalid one.
@@ -492,7 +502,7 @@ def _invalid_call(mutation, cfg, draw):
             opts.pop("kernel_size", None)
             layer = nn.Conv2d(x_shape[1], w_shape[0], kernel, **opts)
             out = layer(x)
-            return out if grad is None else layer.backward(grad)
+            return out if grad is None else out.backward(grad)
         kernel_size = changes.get("kernel_size", pool_kernel)
         pool_opts = dict(stride=opts["stride"], padding=changes.get("padding", 0))
         if grad is not None:  # a gradient for the pooled shape (or a deliberately wrong one)

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
+import portacnn
 from portacnn import functional as F
 from portacnn import nn
 from portacnn.backends import to_numpy
-from portacnn.errors import BackendMismatchError, CheckpointError
+from portacnn.errors import BackendMismatchError, CheckpointError, UsageError
 from portacnn.models import lenet
 from portacnn.parity import check_training
 
@@ -24,15 +25,16 @@ def _torch_copy(layer, torch_layer):
 def _compare_with_torch(layer, torch_layer, x, rtol=1e-10, atol=1e-12):
     """Forward, input gradient and parameter gradients of ``layer`` equal ``torch_layer``'s."""
     rng = np.random.default_rng(5)
-    out = layer.forward(x)
+    x_in = portacnn.tensor(x, requires_grad=True)
+    out = layer(x_in)
     grad = rng.standard_normal(out.shape)
-    grad_x = layer.backward(grad)
+    out.backward(grad)
 
     xt = torch.tensor(x, requires_grad=True)
     out_t = torch_layer(xt)
     out_t.backward(torch.tensor(grad))
-    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=rtol, atol=atol)
-    np.testing.assert_allclose(grad_x, xt.grad.numpy(), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(out.data, out_t.detach().numpy(), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(x_in.grad, xt.grad.numpy(), rtol=rtol, atol=atol)
     for name, parameter in layer.named_parameters():
         np.testing.assert_allclose(parameter.grad, getattr(torch_layer, name).grad.numpy(), rtol=rtol, atol=atol,
                                    err_msg=name)
@@ -74,9 +76,9 @@ def test_parameter_free_layers_match_torch(make, make_torch):
 def test_lppool_layer_is_torch_lppool_scaled_to_a_mean():
     x = np.abs(_image()) + 0.1
     layer = nn.LPPool2d(2.0, 2)
-    out = layer.forward(x)
+    out = layer(x)
     expected = torch.nn.LPPool2d(2.0, 2)(torch.tensor(x)).numpy() / 4 ** 0.5
-    np.testing.assert_allclose(out, expected, rtol=1e-10)
+    np.testing.assert_allclose(out.data, expected, rtol=1e-10)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -100,13 +102,14 @@ def test_batchnorm2d_matches_torch_including_running_statistics(training):
 def test_cross_entropy_loss_layer_matches_torch():
     logits, labels = _image((6, 10)), np.arange(6) % 10
     loss_fn = nn.CrossEntropyLoss()
-    loss = loss_fn(logits, labels)
-    grad = loss_fn.backward()
+    logits_in = portacnn.tensor(logits, requires_grad=True)
+    loss = loss_fn(logits_in, labels)
+    loss.backward()
     logits_t = torch.tensor(logits, requires_grad=True)
     loss_t = torch.nn.functional.cross_entropy(logits_t, torch.tensor(labels))
     loss_t.backward()
-    assert float(loss) == pytest.approx(loss_t.item(), rel=1e-12)
-    np.testing.assert_allclose(grad, logits_t.grad.numpy(), rtol=1e-10, atol=1e-14)
+    assert loss.item() == pytest.approx(loss_t.item(), rel=1e-12)
+    np.testing.assert_allclose(logits_in.grad, logits_t.grad.numpy(), rtol=1e-10, atol=1e-14)
 
 
 # --------------------------------------------------------------------------
@@ -117,13 +120,15 @@ def _directional_check(layer, x, seed=0, h=1e-6):
     """Compare <backward(g), d> with the central difference of <forward(.), g> along d,
     for the input and for every parameter."""
     rng = np.random.default_rng(seed)
-    out = layer.forward(x)
+    x_in = portacnn.tensor(x, requires_grad=True)
+    out = layer(x_in)
     g = rng.standard_normal(out.shape)
     layer.zero_grad()
-    grad_x = layer.backward(g)
+    out.backward(g)
+    grad_x = x_in.grad
 
     def objective():
-        return float(np.sum(layer.forward(x_current[0]) * g))
+        return float(np.sum(layer(x_current[0]).data * g))
 
     x_current = [x]
     d = rng.standard_normal(x.shape)
@@ -169,10 +174,10 @@ def test_layer_gradients_match_finite_differences(make):
 def test_linear_and_dropout_gradients_match_finite_differences():
     _directional_check(nn.Linear(6, 4, rng=3, dtype="float64"), _image((5, 6)))
     dropout = nn.Dropout(0.4, rng=0)
-    x = _image((5, 6))
-    out = dropout.forward(x)
-    grad = dropout.backward(np.ones_like(out))
-    np.testing.assert_allclose(grad, np.where(out == 0, 0.0, 1 / 0.6), rtol=1e-15)  # same mask, same scale
+    x = portacnn.tensor(_image((5, 6)), requires_grad=True)
+    out = dropout(x)
+    out.backward(np.ones_like(out.data))
+    np.testing.assert_allclose(x.grad, np.where(out.data == 0, 0.0, 1 / 0.6), rtol=1e-15)  # same mask, same scale
 
 
 def test_lenet_gradients_match_finite_differences():
@@ -180,16 +185,15 @@ def test_lenet_gradients_match_finite_differences():
     loss_fn = nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((2, 1, 28, 28)), np.array([3, 7])
-    loss_fn(model(x), y)
-    model.backward(loss_fn.backward())
+    loss_fn(model(x), y).backward()
     h = 1e-6
     for name, parameter in model.named_parameters():
         original, analytic = parameter.data, parameter.grad
         d = rng.standard_normal(original.shape)
         parameter.data = original + h * d
-        plus = float(loss_fn(model(x), y))
+        plus = loss_fn(model(x), y).item()
         parameter.data = original - h * d
-        minus = float(loss_fn(model(x), y))
+        minus = loss_fn(model(x), y).item()
         parameter.data = original
         assert (plus - minus) / (2 * h) == pytest.approx(float(np.sum(analytic * d)), rel=1e-5, abs=1e-9), name
 
@@ -201,29 +205,35 @@ def test_lenet_gradients_match_finite_differences():
 def test_gradients_accumulate_until_zero_grad():
     layer = nn.Linear(3, 2, rng=0, dtype="float64")
     x, g = _image((4, 3)), _image((4, 2), seed=1)
-    layer.forward(x)
-    layer.backward(g)
+    layer(x).backward(g)
     first = layer.weight.grad.copy()
-    layer.backward(g)
+    layer(x).backward(g)
     np.testing.assert_allclose(layer.weight.grad, 2 * first)
     layer.zero_grad()
     assert layer.weight.grad is None
 
 
-def test_backward_before_forward_says_so():
-    with pytest.raises(RuntimeError, match="before forward"):
-        nn.Conv2d(1, 1, 3).backward(np.zeros((1, 1, 1, 1), dtype=np.float32))
+def test_module_backward_says_to_call_loss_backward():
+    """Layers have no backward of their own any more: each old call form says what to do instead."""
+    calls = [
+        lambda: nn.Conv2d(1, 1, 3).backward(np.zeros((1, 1, 1, 1), dtype=np.float32)),
+        lambda: lenet().backward(np.zeros((1, 10), dtype=np.float32), input_grad=False),
+        lambda: nn.CrossEntropyLoss().backward(),
+    ]
+    for call in calls:
+        with pytest.raises(UsageError, match=r"loss\.backward\(\)"):
+            call()
 
 
 def test_dropout_is_identity_in_eval_and_reproducible_from_its_seed():
     x = np.ones((4, 100), dtype=np.float32)
     first, second = nn.Dropout(0.5, rng=7), nn.Dropout(0.5, rng=7)
-    np.testing.assert_array_equal(first(x), second(x))
-    out = first(x)
+    np.testing.assert_array_equal(first(x).data, second(x).data)
+    out = first(x).data
     assert 0.3 < (out != 0).mean() < 0.7
     np.testing.assert_array_equal(out[out != 0], 2.0)
-    assert not np.array_equal(out, first(x)), "each forward draws a fresh mask"
-    assert first.eval()(x) is x
+    assert not np.array_equal(out, first(x).data), "each forward draws a fresh mask"
+    assert first.eval()(x).data is x
 
 
 def test_train_and_eval_reach_every_sublayer():
@@ -303,20 +313,22 @@ def test_model_dtype_cast_with_to():
 def test_dropout_output_stays_on_the_input_device(case):
     x = case.put(np.ones((3, 5)))
     out = nn.Dropout(0.5, rng=0)(x)
-    case.check(out)
+    case.check(out.data)
     expected = np.where(F.dropout_mask((3, 5), 0.5, np.random.default_rng(0)), 2.0, 0.0)
-    case.assert_close(out, expected)
+    case.assert_close(out.data, expected)
 
 
-def test_skipping_the_input_gradient_leaves_parameter_gradients_unchanged():
+def test_a_constant_input_gives_the_same_parameter_gradients_as_one_that_requires_grad():
+    """A plain array input (a constant: no input gradient is computed) leaves the parameter gradients unchanged."""
     rng = np.random.default_rng(4)
     x, y = rng.standard_normal((3, 1, 28, 28)), np.array([1, 2, 3])
     grads = []
     for input_grad in (True, False):
         model, loss_fn = lenet(seed=1, dtype="float64"), nn.CrossEntropyLoss()
-        loss_fn(model(x), y)
-        returned = model.backward(loss_fn.backward(), input_grad=input_grad)
-        assert (returned is None) == (not input_grad)
+        x_in = portacnn.tensor(x, requires_grad=True) if input_grad else x
+        loss_fn(model(x_in), y).backward()
+        if input_grad:
+            assert x_in.grad is not None and x_in.grad.shape == x.shape
         grads.append([p.grad for p in model.parameters()])
     for with_input, without in zip(*grads):
         np.testing.assert_array_equal(with_input, without)
@@ -327,7 +339,8 @@ def test_conv2d_backward_after_an_eval_forward_matches_training_mode():
     results = []
     for training in (True, False):
         layer = nn.Conv2d(4, 3, 3, rng=0, dtype="float64").train(training)
-        layer.forward(x)
-        results.append((layer.backward(grad), layer.weight.grad, layer.bias.grad))
+        x_in = portacnn.tensor(x, requires_grad=True)
+        layer(x_in).backward(grad)
+        results.append((x_in.grad, layer.weight.grad, layer.bias.grad))
     for trained, evaluated in zip(*results):
         np.testing.assert_array_equal(trained, evaluated)
