@@ -1,5 +1,6 @@
 """The examples keep working as the library changes."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,26 @@ def test_train_mnist_example_learns_in_one_epoch():
     assert result.returncode == 0, result.stderr
     accuracy = float(result.stdout.split("test accuracy")[-1])
     assert accuracy > 0.9
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
+def test_residual_example_learns_with_loss_backward():
+    result = _run(EXAMPLES / "residual_mnist.py", "--train-size", "6000", "--test-size", "2000",
+                  "--data-dir", SHARED_MNIST)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split("test accuracy")[-1]) > 0.6
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_residual_example_trains_the_same_on_other_backends(backend):
+    pytest.importorskip(backend)
+    runs = {}
+    for name in ("numpy", backend):
+        result = _run(EXAMPLES / "residual_mnist.py", "--backend", name, "--train-size", "320", "--test-size", "250",
+                      "--data-dir", SHARED_MNIST)
+        assert result.returncode == 0, result.stderr
+        runs[name] = [float(number) for number in re.findall(r"(?:loss|accuracy) ([0-9.]+)", result.stdout)]
+        assert len(runs[name]) == 3, result.stdout
+    # Same seed, same batches, float32 on both sides: the printed losses and accuracy agree.
+    assert runs[backend] == pytest.approx(runs["numpy"], abs=2e-3), runs
