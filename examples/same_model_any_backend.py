@@ -11,7 +11,7 @@ import argparse
 
 import numpy
 
-from portacnn.backends import available_backends, to_device, to_numpy
+from portacnn.backends import available_backends, to_device
 from portacnn.models import lenet
 from portacnn.nn import CrossEntropyLoss
 from portacnn.optim import SGD

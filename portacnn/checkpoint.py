@@ -27,11 +27,9 @@ leaves the previous checkpoint intact. The training loop writes
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -40,10 +38,11 @@ import numpy
 from . import __version__
 from .backends import to_numpy
 from .errors import CheckpointError
+from .files import atomic_write
 
 __all__ = [
     "FORMAT_VERSION", "LAST", "ARCHITECTURES",
-    "save_checkpoint", "load_checkpoint", "build_model", "restore_training_state", "atomic_write",
+    "save_checkpoint", "load_checkpoint", "build_model", "restore_training_state",
 ]
 
 #: The newest checkpoint format this module writes and reads.
@@ -62,52 +61,6 @@ def _lenet(**kwargs):
 
 #: Architecture name -> builder ``f(*, seed, dtype, device, **architecture_kwargs)``.
 ARCHITECTURES = {"lenet": _lenet}
-
-
-# --------------------------------------------------------------------------
-# atomic writes
-
-
-def _new_file_mode() -> int:
-    """The mode ``open()`` gives a new file: 0o666 less the process umask (temp files get 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path, write) -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then move it over ``path``.
-
-    On any failure (including one ``write`` raises) the temp file is removed
-    and ``path`` is untouched. The parent folder is created if needed, and the
-    file ends up with the permissions a plainly created one would have.
-    Returns ``path`` as a ``Path``.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(f"cannot create the folder {path.parent}: {exc.strerror or exc}") from exc
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, _new_file_mode())
-        os.replace(handle.name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(handle.name)
-        raise
-    # Make the rename itself durable where the platform allows it.
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
 
 
 # --------------------------------------------------------------------------

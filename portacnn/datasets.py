@@ -232,7 +232,7 @@ def _download_all(folder: Path, missing: list[str]) -> None:
 def _download(url: str, target: Path, expected_md5: str | None) -> None:
     """Stream ``url`` into ``target`` through ``atomic_write``, checking length and md5 before the
     file takes its name: a partial or bad download never sits where the loader would read it."""
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     def stream(handle):
         digest, got = hashlib.md5(usedforsecurity=False), 0

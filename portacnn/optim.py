@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._arrays import namespace_of
 from .errors import ArgumentError, ArgumentTypeError, CheckpointError
-from .functional import _check_number
+from ._checks import check_number
 
 __all__ = ["SGD", "Adam", "StepLR", "ExponentialLR"]
 
@@ -42,7 +42,7 @@ class Optimizer:
                     f"{type(self).__name__} got the same parameter twice (items {seen[id(param)]} and {index}) and "
                     "would update it twice per step; pass each parameter once, e.g. model.parameters()")
             seen[id(param)] = index
-        self.lr = _check_number(lr, "learning rate lr", low=0.0, low_inclusive=False)
+        self.lr = check_number(lr, "learning rate lr", low=0.0, low_inclusive=False)
         self.step_count = 0
 
     def zero_grad(self):
@@ -97,8 +97,8 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, lr)
-        _check_number(momentum, "SGD momentum", low=0.0)
-        _check_number(weight_decay, "SGD weight_decay", low=0.0)
+        check_number(momentum, "SGD momentum", low=0.0)
+        check_number(weight_decay, "SGD weight_decay", low=0.0)
         if nesterov and momentum == 0:
             raise ArgumentError("Nesterov momentum needs momentum > 0")
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
@@ -128,11 +128,11 @@ class Adam(Optimizer):
         if not (hasattr(betas, "__len__") and len(betas) == 2):
             raise ArgumentTypeError(f"Adam betas must be a pair of numbers such as (0.9, 0.999), got {betas!r}")
         for beta in betas:
-            _check_number(beta, "Adam betas", low=0.0, high=1.0)
+            check_number(beta, "Adam betas", low=0.0, high=1.0)
             if beta == 1.0:
                 raise ArgumentError(f"Adam betas must be in [0, 1), got {betas!r}")
-        _check_number(eps, "Adam eps", low=0.0, low_inclusive=False)
-        _check_number(weight_decay, "Adam weight_decay", low=0.0)
+        check_number(eps, "Adam eps", low=0.0, low_inclusive=False)
+        check_number(weight_decay, "Adam weight_decay", low=0.0)
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         self.first_moments = [None] * len(self.params)
         self.second_moments = [None] * len(self.params)
@@ -192,7 +192,7 @@ class StepLR(_Scheduler):
             raise ArgumentTypeError(f"StepLR step_size must be an int (epochs), got {step_size!r}")
         if step_size < 1:
             raise ArgumentError(f"StepLR step_size must be >= 1, got {step_size!r}")
-        _check_number(gamma, "StepLR gamma", low=0.0, low_inclusive=False)
+        check_number(gamma, "StepLR gamma", low=0.0, low_inclusive=False)
         self.step_size, self.gamma = step_size, gamma
 
     def factor(self, epoch: int) -> float:
@@ -204,7 +204,7 @@ class ExponentialLR(_Scheduler):
 
     def __init__(self, optimizer: Optimizer, gamma: float):
         super().__init__(optimizer)
-        _check_number(gamma, "ExponentialLR gamma", low=0.0, low_inclusive=False)
+        check_number(gamma, "ExponentialLR gamma", low=0.0, low_inclusive=False)
         self.gamma = gamma
 
     def factor(self, epoch: int) -> float:

@@ -50,7 +50,8 @@ import numpy
 
 from .autograd import no_grad
 from .backends import get_backend, parse_spec, placement_of, to_device, to_numpy
-from .checkpoint import LAST, atomic_write, load_checkpoint, restore_training_state, save_checkpoint
+from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint
+from .files import atomic_write
 from .errors import ArgumentError, CheckpointError, PortacnnError, ShapeError
 
 __all__ = [

@@ -8,10 +8,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from portacnn import checkpoint as ckpt
 from portacnn.backends import to_device, to_numpy
 from portacnn.checkpoint import FORMAT_VERSION, build_model, load_checkpoint, restore_training_state, save_checkpoint
 from portacnn.errors import CheckpointError, PortacnnError
+from portacnn.files import atomic_write
 from portacnn.models import lenet
 from portacnn.nn import CrossEntropyLoss, Linear, Sequential
 from portacnn.optim import SGD, StepLR
@@ -238,7 +238,7 @@ def test_optimizer_state_from_another_model(tmp_path):
 
 def test_atomic_write_creates_parent_folders(tmp_path):
     target = tmp_path / "a" / "b" / "file.bin"
-    ckpt.atomic_write(target, lambda handle: handle.write(b"hi"))
+    atomic_write(target, lambda handle: handle.write(b"hi"))
     assert target.read_bytes() == b"hi"
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
 
@@ -248,7 +248,7 @@ def test_atomic_write_gives_the_permissions_of_a_plainly_created_file(tmp_path, 
     """Temp files are created 0o600; checkpoints, metrics, plots and downloads must not stay that way."""
     previous = os.umask(umask)
     try:
-        target = ckpt.atomic_write(tmp_path / "metrics.json", lambda handle: handle.write(b"{}"))
+        target = atomic_write(tmp_path / "metrics.json", lambda handle: handle.write(b"{}"))
     finally:
         os.umask(previous)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask

@@ -30,7 +30,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portacnn.checkpoint import atomic_write, build_model, load_checkpoint, save_checkpoint
+from portacnn.checkpoint import build_model, load_checkpoint, save_checkpoint
+from portacnn.files import atomic_write
 from portacnn.errors import CheckpointError, PortacnnError
 from portacnn.models import lenet
 from portacnn.nn import Linear, Sequential

@@ -10,6 +10,7 @@ implementations, so ``F.conv2d(x_tensor, weight)`` records a node while
 from __future__ import annotations
 
 from .. import functional as F
+from .._checks import check_probability
 from .._dispatch import HANDLERS
 from .tape import Function, as_input
 
@@ -204,7 +205,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 def dropout(x, p=0.5, *, mask=None, rng=None, training=True):
     x = as_input(x)
-    if not training or F._check_probability(p, "dropout probability p") == 0.0:
+    if not training or check_probability(p, "dropout probability p") == 0.0:
         # Identity, as functional.dropout is (after the same dtype check).
         F.dropout(x.data, p, training=False)
         return x

@@ -1,0 +1,32 @@
+"""Layers, named as a PyTorch user expects: a layer needs only ``__init__`` and ``forward``.
+
+Calling a layer on Tensors (or on a plain backend array, taken as a constant
+input) runs the ``functional`` ops on the tape and returns a Tensor;
+``loss.backward()`` then fills every parameter's ``grad`` (see
+``portacnn.autograd``). Parameters are leaf Tensors whose ``data`` is
+*rebound* by optimizers, never written in place.
+
+Parameters are drawn on the host from a seeded ``numpy.random.Generator`` and
+then moved to the backend, so one seed gives bit-identical weights everywhere.
+
+One module per family, as PyTorch's ``torch/nn/modules``: ``module``
+(``Module``, ``Parameter``, ``Buffer``), ``conv``, ``linear``, ``pooling``,
+``activation``, ``normalization``, ``dropout``, ``flatten``, ``container``,
+``loss``.
+"""
+
+from .activation import ReLU, Sigmoid, Tanh
+from .container import Sequential
+from .conv import Conv2d
+from .dropout import Dropout
+from .flatten import Flatten
+from .linear import Linear
+from .loss import CrossEntropyLoss
+from .module import Buffer, Module, Parameter
+from .normalization import BatchNorm2d
+from .pooling import AvgPool2d, LPPool2d, MaxPool2d
+
+__all__ = [
+    "Parameter", "Buffer", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "Linear",
+    "ReLU", "Sigmoid", "Tanh", "Flatten", "Dropout", "BatchNorm2d", "Sequential", "CrossEntropyLoss",
+]

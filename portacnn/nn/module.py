@@ -1,0 +1,203 @@
+"""``Module``, ``Parameter`` and ``Buffer``: parameter discovery, train/eval, state dicts and device moves."""
+
+from __future__ import annotations
+
+import numpy
+
+from ..autograd import Tensor
+from ..autograd.tape import as_input
+from ..backends import dtype_name, parse_spec, placement_of, to_device, to_numpy
+from ..errors import CheckpointError, UsageError
+from ._init import host_dtype
+
+
+class Parameter(Tensor):
+    """A trainable leaf Tensor: ``data`` is a backend array, ``grad`` its accumulated gradient (or None).
+
+    ``requires_grad`` is True unless switched off (``requires_grad_(False)``
+    freezes it: no gradient is computed for it and optimizers skip it).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}{frozen})"
+
+
+class Buffer:
+    """A non-trainable array saved with the model (e.g. batch-norm running statistics)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+
+class Module:
+    """Base class: parameter discovery, train/eval, state dicts and device moves.
+
+    Parameters, buffers and child modules are found among the instance
+    attributes, in the order they were assigned, so a layer simply does
+    ``self.weight = Parameter(...)``.
+    """
+
+    training = True
+
+    def forward(self, *inputs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward(self, x)")
+
+    def backward(self, *args, **kwargs):
+        raise UsageError(
+            "layers no longer have their own backward: the graph is recorded as the model runs, so compute the "
+            "loss and call loss.backward(), e.g. loss = CrossEntropyLoss()(model(x), y); loss.backward()")
+
+    def __call__(self, *inputs, **options):
+        if len(inputs) == 1 and isinstance(inputs[0], Tensor):  # the common case, kept fast
+            return self.forward(inputs[0], **options)
+        return self.forward(*[as_input(value) for value in inputs], **options)
+
+    # -- discovery ---------------------------------------------------------
+
+    def _named_members(self, kind, prefix="", seen=None):
+        """``(dotted name, member)`` pairs; with a ``seen`` set, each member only under its first name."""
+        for name, value in vars(self).items():
+            if isinstance(value, kind):
+                if seen is not None:
+                    if id(value) in seen:
+                        continue
+                    seen.add(id(value))
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value._named_members(kind, f"{prefix}{name}.", seen)
+
+    def named_parameters(self):
+        """Each parameter once, under the first name it is found by (a layer used twice counts once)."""
+        return list(self._named_members(Parameter, seen=set()))
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        return list(self._named_members(Buffer, seen=set()))
+
+    def modules(self):
+        """This module and every module inside it, each once."""
+        seen = set()
+        stack = [self]
+        while stack:
+            module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield module
+            stack.extend(reversed([v for v in vars(module).values() if isinstance(v, Module)]))
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """Freeze (False) or unfreeze every parameter; a frozen one gets no gradient and no update."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def train(self, mode: bool = True):
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- placement ---------------------------------------------------------
+
+    def to(self, spec=None, dtype=None):
+        """Move (and optionally cast) every parameter and buffer; returns ``self``.
+
+        ``spec`` is a backend specifier such as ``"numpy"``, ``"cupy:0"`` or
+        ``"torch:cuda:0"``; None means ``PORTACNN_BACKEND`` or numpy.
+        """
+        cast = None if dtype is None else host_dtype(dtype)
+        placement = parse_spec(spec)
+        for holder in self.parameters() + [b for _, b in self.named_buffers()]:
+            data = holder.data
+            if cast is not None and numpy.dtype(dtype_name(data)) != cast:
+                data = to_device(to_numpy(data).astype(cast), placement)
+            holder.data = to_device(data, placement)
+            if isinstance(holder, Parameter) and holder.grad is not None:
+                holder.grad = to_device(holder.grad, placement)
+        return self
+
+    # -- state -------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Parameters and buffers by dotted name, as arrays on the model's backend.
+
+        As in PyTorch, a parameter shared by two layers appears under both names.
+        """
+        state = {name: p.data for name, p in self._named_members(Parameter)}
+        state.update({name: b.data for name, b in self._named_members(Buffer)})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays (any backend, e.g. NumPy from a checkpoint) into this model.
+
+        Names and shapes must match exactly; every mismatch is listed in one
+        error. Arrays are moved to each parameter's current device and cast to
+        its dtype.
+        """
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise CheckpointError(
+                f"load_state_dict takes a dict of arrays by parameter name (e.g. model.state_dict() or "
+                f"load_checkpoint(path)['model']), got {type(state).__name__}")
+        own = dict(self._named_members(Parameter))
+        own.update(self._named_members(Buffer))
+        not_arrays = sorted(name for name in state if not (hasattr(state[name], "shape")
+                                                             and hasattr(state[name], "dtype")))
+        if not_arrays:
+            raise CheckpointError(f"state dict entries are not arrays: {', '.join(map(str, not_arrays))}")
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        mis_shaped = [
+            f"{name}: checkpoint {tuple(state[name].shape)} vs model {tuple(own[name].data.shape)}"
+            for name in own
+            if name in state and tuple(state[name].shape) != tuple(own[name].data.shape)
+        ]
+        not_float = [f"{name}: {state[name].dtype}" for name in own
+                     if name in state and "float" not in str(state[name].dtype)]
+        problems = []
+        if not_float:
+            problems.append(f"not floating point: {'; '.join(not_float)}")
+        if missing:
+            problems.append(f"missing: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected: {', '.join(unexpected)}")
+        if mis_shaped:
+            problems.append(f"wrong shape: {'; '.join(mis_shaped)}")
+        if problems:
+            question = "; was it saved from a different architecture?" if missing or unexpected or mis_shaped else ""
+            raise CheckpointError("state dict does not fit this model (" + " | ".join(problems) + ")" + question)
+        for name, holder in own.items():
+            dtype = numpy.dtype(dtype_name(holder.data))
+            value = to_numpy(state[name]).astype(dtype, copy=False)
+            holder.data = to_device(value, placement_of(holder.data))
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        children = [(n, m) for n, m in vars(self).items() if isinstance(m, Module)]
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in children]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def array_of(value):
+    """The array inside a Tensor argument (a layer's ``forward`` may also be given plain arrays)."""
+    return value.data if isinstance(value, Tensor) else value
