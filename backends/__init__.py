@@ -16,6 +16,7 @@ from typing import Any
 import array_api_compat
 import numpy
 
+from portacnn._dispatch import TapeValue
 from portacnn.errors import BackendError, DTypeError
 
 from ._base import Backend
@@ -162,6 +163,8 @@ def available_backends() -> list[BackendInfo]:
 def placement_of(x) -> Placement:
     """Which backend and device hold the array ``x``."""
     if not array_api_compat.is_array_api_obj(x):
+        if isinstance(x, TapeValue):
+            raise DTypeError(f"expected an array, got a {type(x).__name__}; pass the array it wraps, x.data")
         raise DTypeError(
             f"expected an array, got {type(x).__name__}; convert it first, "
             "e.g. portacnn.to_device(numpy.asarray(value), spec)"
@@ -230,7 +233,9 @@ def to_device(x, spec: str | Placement | None):
 
 
 def to_numpy(x) -> numpy.ndarray:
-    """A NumPy copy of ``x``, safe to mutate (even when ``x`` is NumPy)."""
+    """A NumPy copy of ``x`` (an array, or a ``portacnn.Tensor``'s array), safe to mutate (even when ``x`` is NumPy)."""
+    if isinstance(x, TapeValue):
+        x = x.data
     return get_backend(placement_of(x).backend).to_host(x)
 
 

@@ -621,3 +621,10 @@ def test_a_tape_training_step_traces_under_jax_jit():
     np.testing.assert_allclose(np.asarray(traced_loss), np.asarray(eager_loss), rtol=1e-12)
     for traced, eager in zip(traced_grads, eager_grads):
         np.testing.assert_allclose(np.asarray(traced), np.asarray(eager), rtol=1e-9, atol=1e-12)
+
+
+def test_to_numpy_takes_a_tensor_and_to_device_asks_for_its_array():
+    out = nn.Linear(3, 2, dtype="float64")(np.ones((1, 3)))
+    np.testing.assert_array_equal(portacnn.to_numpy(out), out.data)
+    with pytest.raises(DTypeError, match=r"x\.data"):
+        portacnn.to_device(out, "numpy")

@@ -40,22 +40,45 @@ class MaxPool2d(Function):
         return F.max_pool2d_backward(grad, self.x, *self.options, forward_output=self.out)
 
 
-class AvgPool2d(Function):
-    def forward(self, x, *, kernel_size, stride=None, padding=0):
-        self.x, self.options = x, (kernel_size, stride, padding)
-        return F.avg_pool2d(x, kernel_size, stride, padding)
+class _KeepsInput(Function):
+    """An op whose backward needs only its input and its options: subclasses name the pair."""
+
+    _forward = _backward = None
+
+    def forward(self, x, **options):
+        self.x, self.options = x, options
+        return type(self)._forward(x, **options)
 
     def backward(self, grad):
-        return F.avg_pool2d_backward(grad, self.x, *self.options)
+        return type(self)._backward(grad, self.x, **self.options)
 
 
-class LPPool2d(Function):
-    def forward(self, x, *, p, kernel_size, stride=None):
-        self.x, self.options = x, (p, kernel_size, stride)
-        return F.lp_pool2d(x, p, kernel_size, stride)
+class AvgPool2d(_KeepsInput):
+    _forward, _backward = staticmethod(F.avg_pool2d), staticmethod(F.avg_pool2d_backward)
 
-    def backward(self, grad):
-        return F.lp_pool2d_backward(grad, self.x, *self.options)
+
+class LPPool2d(_KeepsInput):
+    _forward, _backward = staticmethod(F.lp_pool2d), staticmethod(F.lp_pool2d_backward)
+
+
+class ReLU(_KeepsInput):
+    _forward, _backward = staticmethod(F.relu), staticmethod(F.relu_backward)
+
+
+class Sigmoid(_KeepsInput):
+    _forward, _backward = staticmethod(F.sigmoid), staticmethod(F.sigmoid_backward)
+
+
+class Tanh(_KeepsInput):
+    _forward, _backward = staticmethod(F.tanh), staticmethod(F.tanh_backward)
+
+
+class Softmax(_KeepsInput):
+    _forward, _backward = staticmethod(F.softmax), staticmethod(F.softmax_backward)
+
+
+class LogSoftmax(_KeepsInput):
+    _forward, _backward = staticmethod(F.log_softmax), staticmethod(F.log_softmax_backward)
 
 
 class Linear(Function):
@@ -65,49 +88,6 @@ class Linear(Function):
 
     def backward(self, grad):
         return F.linear_backward(grad, self.x, self.weight)
-
-
-class _Elementwise(Function):
-    """An activation whose backward needs only its input."""
-
-    _forward = _backward = None
-
-    def forward(self, x):
-        self.x = x
-        return type(self)._forward(x)
-
-    def backward(self, grad):
-        return type(self)._backward(grad, self.x)
-
-
-class ReLU(_Elementwise):
-    _forward, _backward = staticmethod(F.relu), staticmethod(F.relu_backward)
-
-
-class Sigmoid(_Elementwise):
-    _forward, _backward = staticmethod(F.sigmoid), staticmethod(F.sigmoid_backward)
-
-
-class Tanh(_Elementwise):
-    _forward, _backward = staticmethod(F.tanh), staticmethod(F.tanh_backward)
-
-
-class Softmax(Function):
-    def forward(self, x, *, axis=-1):
-        self.x, self.axis = x, axis
-        return F.softmax(x, axis)
-
-    def backward(self, grad):
-        return F.softmax_backward(grad, self.x, self.axis)
-
-
-class LogSoftmax(Function):
-    def forward(self, x, *, axis=-1):
-        self.x, self.axis = x, axis
-        return F.log_softmax(x, axis)
-
-    def backward(self, grad):
-        return F.log_softmax_backward(grad, self.x, self.axis)
 
 
 class CrossEntropy(Function):
