@@ -2,17 +2,17 @@
 
 Each checkout gets its own worker process; the workers take turns running
 bursts of training steps (A B A B ... with the order swapped every round), so
-both see the same machine load. Both run with one BLAS thread, so a waiting
-worker's spinning BLAS threads cannot steal the other's core. The result per
+both see the same machine load. Both run with one BLAS thread by default
+(``--threads``), so a waiting worker's spinning BLAS threads cannot steal
+the other's core. The result per
 batch size is the median images/s of each side and the ratio new/old, with
 the range of the per-round ratios.
 
     git worktree add /tmp/portacnn-old HEAD~3
     python benchmarks/ab_checkouts.py /tmp/portacnn-old . --batch-sizes 5,64
 
-A worker imports ``portacnn`` from its checkout (put first on ``sys.path``);
-``portacnn.backends`` still comes from the installed checkout, so compare
-checkouts whose ``backends/`` agree. The training step is written the way each
+A worker imports ``portacnn`` and ``portacnn.backends`` from its checkout,
+whatever is installed. The training step is written the way each
 checkout's API asks: ``loss.backward()`` where ``portacnn.Tensor`` exists,
 else the layer-by-layer ``model.backward(loss_fn.backward())``.
 """
@@ -30,8 +30,24 @@ from pathlib import Path
 NUM_BATCHES = 8
 
 
+def _import_from(checkout: Path) -> None:
+    """Make ``import portacnn`` (and ``portacnn.backends``, which lives in ``backends/``) load ``checkout``."""
+    import importlib.abc
+    import importlib.util
+
+    class BackendsFinder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "portacnn.backends":
+                return None
+            return importlib.util.spec_from_file_location(
+                name, checkout / "backends" / "__init__.py", submodule_search_locations=[str(checkout / "backends")])
+
+    sys.meta_path.insert(0, BackendsFinder())
+    sys.path.insert(0, str(checkout))
+
+
 def worker(checkout: str, batch: int) -> None:
-    sys.path.insert(0, str(Path(checkout).resolve()))
+    _import_from(Path(checkout).resolve())
     import numpy
 
     import portacnn
@@ -73,14 +89,18 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="5,64")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--images-per-burst", type=int, default=1280)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads per worker (default 1: a waiting worker's spinning threads would steal "
+                             "the other's cores)")
     parser.add_argument("--worker", nargs=2, metavar=("CHECKOUT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker[0], int(args.worker[1]))
         return 0
 
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    print(f"A = {args.old}   B = {args.new}   (1 BLAS thread each, {args.rounds} rounds)")
+    threads = str(args.threads)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    print(f"A = {args.old}   B = {args.new}   ({threads} BLAS thread(s) each, {args.rounds} rounds)")
     print(f"{'batch':>5} {'A img/s':>9} {'B img/s':>9} {'B/A':>6}  range of B/A per round")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         steps = max(5, args.images_per_burst // batch)
