@@ -209,8 +209,14 @@ class Reshape(Function):
 
 
 def _basic_key(key):
-    """``key`` as a tuple of ints, slices, None and Ellipsis, or ``ArgumentTypeError``."""
+    """``key`` as a tuple of ints, slices, None and Ellipsis, or ``ArgumentTypeError``.
+
+    Axes the key leaves out are taken whole, as NumPy does (a trailing ``...``
+    is added: the standard asks for one index per axis).
+    """
     parts = key if isinstance(key, tuple) else (key,)
+    if not any(part is Ellipsis for part in parts):
+        parts = (*parts, Ellipsis)
     for part in parts:
         if part is None or part is Ellipsis or isinstance(part, slice):
             continue
@@ -231,8 +237,6 @@ class GetItem(Function):
     def backward(self, grad):
         xp = self.xp
         key = tuple(part for part in self.key if part is not None)
-        if Ellipsis not in key:
-            key = (*key, ...)  # the standard wants every axis indexed
         full = xp.zeros(self.input_shape, dtype=self.dtype, device=self.device)
         grad = xp.reshape(grad, _shape(full[key]))  # drop the axes None added
         # The zeros are ours alone, so they may be written (as in functional._scatter_taps).
