@@ -260,3 +260,57 @@ def test_assert_close_uses_the_dtype_tolerance_and_matches_nans():
     assert_close(np.array([1.0 + 1e-7, np.nan, np.inf], dtype=np.float32), expected)
     with pytest.raises(AssertionError):
         assert_close(np.array([1.0 + 1e-7, np.nan, np.inf]), expected)  # float64: 1e-7 is too much
+
+
+# --------------------------------------------------------------------------
+# the pytest plugin, as a user's project sees it
+
+
+USER_TESTS = '''
+import numpy as np
+import pytest
+
+
+def test_backend_and_xp(backend, xp):
+    x = backend.asarray(np.ones(3))
+    backend.check(x, "float64")
+    assert xp.sum(x) == 3
+    print("RAN", backend.id)
+
+
+@pytest.mark.needs_writable_views
+def test_views(backend):
+    print("VIEWS", backend.id)
+
+
+def test_case(case):
+    case.assert_close(case.put(np.ones(2)) * 2, case.ref(np.ones(2)) * 2)
+'''
+
+
+def _run_user_tests(tmp_path, *options):
+    import subprocess
+    import sys
+
+    (tmp_path / "test_user.py").write_text(USER_TESTS)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", "-rs",
+                             str(tmp_path / "test_user.py"), *options],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_plugin_gives_a_project_backend_xp_and_case_fixtures_and_markers(tmp_path):
+    pytest.importorskip("jax")
+    code, output = _run_user_tests(tmp_path, "--portacnn-backends=numpy,jax,array_api_strict:device1")
+    assert code == 0, output
+    assert "RAN numpy" in output and "RAN jax" in output and "RAN array_api_strict-device1" in output
+    assert "RAN torch" not in output, "only the chosen backends run"
+    assert "VIEWS numpy" in output and "VIEWS jax" not in output
+    assert "in-place writes through slice views are not supported" in output
+    # 3 backends; the views test skips 2 of them; the case test runs each in float32 and float64.
+    assert "10 passed, 2 skipped" in output, output
+
+
+def test_plugin_refuses_an_unknown_backend(tmp_path):
+    code, output = _run_user_tests(tmp_path, "--portacnn-backends=numpy,tensorflow")
+    assert code != 0 and "tensorflow" in output and "valid:" in output
