@@ -7,6 +7,7 @@ fix.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
@@ -83,6 +84,28 @@ def check_number(value, name: str, *, low: float, high: float | None = None, low
         wanted = lower if high is None else f"{lower} and <= {high:g}"
         raise ArgumentError(f"{name} must be {wanted}, got {value!r}{hint}")
     return number
+
+
+def check_finite(value, name: str) -> float:
+    """A real (non-bool), finite number, as a Python float (a NumPy float64 scalar would promote float32 arrays)."""
+    if not is_real_number(value):
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ArgumentError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    """One of a few option strings (a loss's ``reduction``, GELU's ``approximate``)."""
+    if not isinstance(value, str) or value not in choices:
+        wanted = ", ".join(repr(c) for c in choices)
+        raise ArgumentError(f"{name} must be one of {wanted}, got {value!r}")
+    return value
+
+
+def check_reduction(reduction, op: str) -> str:
+    """A loss's ``reduction``: how the per-element losses become the result, as in PyTorch."""
+    return check_choice(reduction, f"{op} reduction", ("mean", "sum", "none"))
 
 
 _INTEGRAL_HINT = (" (integer data such as uint8 images: convert it first, e.g. x.astype(float32) / 255 for "

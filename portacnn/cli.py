@@ -276,6 +276,9 @@ def _add_parity(subparsers) -> None:
                     "Exit status 0 when everything agrees.")
     parser.add_argument("--backends", help="comma-separated backend specs (default: every available device)")
     parser.add_argument("--dtypes", default="float64,float32", help="comma-separated dtypes (default: float64,float32)")
+    parser.add_argument("--module", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (e.g. my_pkg.my_ops) and check the parity cases it registers, with "
+                             "@portacnn.parity.case or a CASES dict, instead of portacnn's own; repeatable")
     parser.set_defaults(handler=_run_parity)
 
 
@@ -296,7 +299,12 @@ def _run_parity(args) -> int:
 
         for spec in specs:
             parse_spec(spec)  # a clear BackendError for a typo, before any work
-    return int(run_parity(specs=specs, dtypes=tuple(dtypes)))
+    if not args.module:
+        return int(run_parity(specs=specs, dtypes=tuple(dtypes)))
+    from .parity import load_cases
+
+    names = [name for module in args.module for name in load_cases(module)]
+    return int(run_parity(specs=specs, dtypes=tuple(dtypes), include_training=False, cases=names))
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The exceptions portacnn raises on purpose.
 
 Each subclasses the built-in exception a Python user would expect
-(``ValueError`` or ``TypeError``) so ``except ValueError`` keeps working, and
+(``ValueError`` or ``TypeError``; ``IndexError`` and ``KeyError`` for the
+containers) so ``except ValueError`` keeps working, and
 ``PortacnnError`` so callers can tell our deliberate checks from a crash deep
 inside an array library.
 """
@@ -41,6 +42,17 @@ class ShapeError(PortacnnError, ValueError):
 
 class DTypeError(PortacnnError, TypeError):
     """An array has a dtype the operation does not accept."""
+
+
+class ModuleIndexError(PortacnnError, IndexError):
+    """An index past the end of a ``Sequential`` or ``ModuleList`` (an ``IndexError``, so loops and ``except`` work)."""
+
+
+class ModuleKeyError(PortacnnError, KeyError):
+    """A key a ``ModuleDict`` does not hold (a ``KeyError``, as for a dict)."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""  # KeyError would quote the message
 
 
 class CheckpointError(PortacnnError, ValueError):

@@ -3,8 +3,16 @@
 For each available backend (and device), each dtype and each case, the inputs
 are drawn on the host, rounded to the dtype, moved to the backend, run, moved
 back and compared with the same computation in NumPy float64 on the same
-rounded inputs. The report is a table of max abs/rel differences with
-pass/fail; the exit status is non-zero on any mismatch.
+rounded inputs. The report is a table of max abs/rel differences, the
+tolerance each row was held to, and pass/FAIL, failures first; the exit
+status is non-zero on any mismatch.
+
+Your own ops join the table with ``portacnn parity --module my_pkg.my_ops``:
+in that module, register a case with the ``@parity.case("name")`` decorator
+on a ``make(rng) -> (host_inputs, run)`` function (the format of ``CASES``
+below), with ``parity.tape_case(fn, *shapes)`` for a ``Function`` or a
+function of Tensors (forward and gradients through the tape), or list them in
+a module-level ``CASES`` dict.
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ import numpy
 
 from . import functional as F
 from .backends import available_backends, parse_spec, to_device, to_numpy
+from .errors import ArgumentError, ArgumentTypeError, PortacnnError
+from .testing.compare import TOLERANCES as _TOLERANCES
 
 # rtol, atol (atol is relative to the largest reference magnitude): float64
 # must agree to rounding; float32 accumulates rounding over sums of a few
-# hundred terms.
-TOLERANCES = {"float64": (1e-10, 1e-12), "float32": (1e-5, 1e-6)}
+# hundred terms. The same table portacnn.testing uses.
+TOLERANCES = {dtype: _TOLERANCES[dtype] for dtype in ("float64", "float32")}
 
 
 @dataclass
@@ -32,6 +42,8 @@ class Result:
     max_rel: float
     passed: bool
     error: str = ""
+    rtol: float = float("nan")
+    atol: float = float("nan")
 
 
 def _conv_case(rng):
@@ -73,6 +85,19 @@ def _cross_entropy_case(rng):
     return (logits, labels), lambda z, y: (F.cross_entropy(z, y), F.cross_entropy_backward(z, y))
 
 
+def _loss_case(forward, backward, target, reduction):
+    """A loss and its backward: (5, 7) inputs, ``target(rng)``, an upstream gradient shaped like the loss."""
+    def make(rng):
+        x, t = rng.standard_normal((5, 7)) * 2, target(rng)
+        g = rng.standard_normal(forward(x, t, reduction=reduction).shape)
+
+        def run(x, t, g):
+            grads = backward(g, x, t, reduction=reduction)
+            return (forward(x, t, reduction=reduction), *(grads if isinstance(grads, tuple) else (grads,)))
+        return (x, t, g), run
+    return make
+
+
 def _batch_norm_case(training):
     def make(rng):
         x, g = rng.standard_normal((4, 3, 5, 5)), rng.standard_normal((4, 3, 5, 5))
@@ -103,11 +128,98 @@ CASES = {
     "tanh": _elementwise_case(F.tanh, F.tanh_backward),
     "softmax": _elementwise_case(F.softmax, F.softmax_backward),
     "log_softmax": _elementwise_case(F.log_softmax, F.log_softmax_backward),
+    "leaky_relu": _elementwise_case(lambda x: F.leaky_relu(x, 0.2), lambda g, x: F.leaky_relu_backward(g, x, 0.2)),
+    "elu": _elementwise_case(lambda x: F.elu(x, 0.7), lambda g, x: F.elu_backward(g, x, 0.7)),
+    "gelu": _elementwise_case(F.gelu, F.gelu_backward),
+    "gelu_tanh": _elementwise_case(lambda x: F.gelu(x, approximate="tanh"),
+                                   lambda g, x: F.gelu_backward(g, x, approximate="tanh")),
+    "silu": _elementwise_case(F.silu, F.silu_backward),
+    "hardswish": _elementwise_case(F.hardswish, F.hardswish_backward),
     "cross_entropy": _cross_entropy_case,
+    "nll_loss": _loss_case(F.nll_loss, F.nll_loss_backward, lambda rng: rng.integers(0, 7, 5), "mean"),
+    "mse_loss": _loss_case(F.mse_loss, F.mse_loss_backward, lambda rng: rng.standard_normal((5, 7)), "mean"),
+    "l1_loss": _loss_case(F.l1_loss, F.l1_loss_backward, lambda rng: rng.standard_normal((5, 7)), "sum"),
+    "bce_with_logits": _loss_case(F.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits_backward,
+                                  lambda rng: rng.uniform(0.0, 1.0, (5, 7)), "none"),
     "batch_norm_train": _batch_norm_case(True),
     "batch_norm_eval": _batch_norm_case(False),
     "dropout": _dropout_case,
 }
+
+
+def case(name: str | None = None):
+    """Register a parity case: ``@case("my_op")`` on ``make(rng) -> (host_inputs, run)``.
+
+    ``host_inputs`` are NumPy arrays (floating ones are rounded to each
+    dtype); ``run(*arrays)`` returns a tuple of arrays (outputs and
+    gradients), run once on each backend and once in NumPy float64.
+    """
+    def register(make):
+        key = name or make.__name__
+        if not callable(make):
+            raise ArgumentTypeError(f"parity case {key!r} must be a function make(rng) -> (host_inputs, run)")
+        if CASES.get(key, make) is not make:
+            raise ArgumentError(f"a parity case named {key!r} already exists; pick another name")
+        CASES[key] = make
+        return make
+    return register
+
+
+def tape_case(fn, *shapes, positive: bool = False):
+    """A parity case for a ``Function`` subclass or a function of Tensors, on standard-normal inputs of ``shapes``.
+
+    The case checks the outputs and the gradients of every input, taken
+    through the tape with ``0.5 * sum(output ** 2)`` as the loss (so the
+    upstream gradient is the output itself). ``positive`` draws ``|x| + 0.1``
+    instead, for ops defined on positive inputs.
+    """
+    from .autograd import Function, Tensor, tensor
+
+    run_fn = fn.apply if isinstance(fn, type) and issubclass(fn, Function) else fn
+
+    def make(rng):
+        inputs = [rng.standard_normal(shape) for shape in shapes]
+        if positive:
+            inputs = [numpy.abs(x) + 0.1 for x in inputs]
+
+        def run(*arrays):
+            leaves = [tensor(a, requires_grad=True) for a in arrays]
+            result = run_fn(*leaves)
+            outputs = (result,) if isinstance(result, Tensor) else tuple(result)
+            loss = None
+            for out in outputs:
+                term = (out * out).sum() * 0.5
+                loss = term if loss is None else loss + term
+            loss.backward()
+            return (*[out.data for out in outputs], *[leaf.grad for leaf in leaves])
+        return inputs, run
+    return make
+
+
+def load_cases(module_name: str) -> list[str]:
+    """Import ``module_name`` (which registers cases with ``@case`` or defines ``CASES``); return its case names."""
+    import importlib
+    import os
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as ``python -m`` does: a module in the current folder is found
+    before = set(CASES)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - any import failure is the user's to fix, so say which
+        raise PortacnnError(f"--module {module_name}: cannot import it ({type(error).__name__}: {error}); "
+                            "check the name and that its package is installed or on PYTHONPATH") from error
+    own = getattr(module, "CASES", None)
+    if own is not None and own is not CASES:
+        if not hasattr(own, "items"):
+            raise ArgumentTypeError(f"{module_name}.CASES must be a dict of name -> make(rng), got {type(own).__name__}")
+        for name, make in own.items():
+            case(name)(make)
+    names = [name for name in CASES if name not in before or (own is not None and name in own)]
+    if not names:
+        raise PortacnnError(f"--module {module_name} registered no parity cases: decorate make(rng) functions with "
+                            "@portacnn.parity.case('name') or define a CASES dict there")
+    return names
 
 
 def _round_to(array, dtype):
@@ -139,10 +251,10 @@ def _check_placement(outputs, spec):
             raise AssertionError(f"output landed on {where.spec}, expected {spec.spec}")
 
 
-def check_op(case: str, spec, dtype: str, seed: int = 0) -> Result:
+def check_op(name: str, spec, dtype: str, seed: int = 0) -> Result:
     """Run one op case on one backend and compare it with NumPy float64."""
     placement = parse_spec(spec)
-    host_inputs, run = CASES[case](numpy.random.default_rng(seed))
+    host_inputs, run = CASES[name](numpy.random.default_rng(seed))
     rounded = [_round_to(a, dtype) for a in host_inputs]
     reference = run(*[_round_to(a, "float64") for a in rounded])
     try:
@@ -152,8 +264,10 @@ def check_op(case: str, spec, dtype: str, seed: int = 0) -> Result:
             if str(to_numpy(output).dtype) != dtype:
                 raise AssertionError(f"output dtype {to_numpy(output).dtype}, expected {dtype}")
     except Exception as error:  # noqa: BLE001 - the report shows any failure as a row
-        return Result(placement.spec, dtype, case, float("nan"), float("nan"), False, f"{type(error).__name__}: {error}")
-    return Result(placement.spec, dtype, case, *_compare(outputs, reference, *TOLERANCES[dtype]))
+        return Result(placement.spec, dtype, name, float("nan"), float("nan"), False, f"{type(error).__name__}: {error}",
+                      *TOLERANCES[dtype])
+    return Result(placement.spec, dtype, name, *_compare(outputs, reference, *TOLERANCES[dtype]), "",
+                  *TOLERANCES[dtype])
 
 
 def _train_steps(model_spec, dtype, initial_state, steps=3, seed=0):
@@ -186,17 +300,18 @@ def check_training(spec, dtype: str, seed: int = 0) -> Result:
     placement = parse_spec(spec)
     initial = {k: to_numpy(v) for k, v in lenet(seed=seed, dtype=dtype, device="numpy").state_dict().items()}
     reference = _train_steps("numpy", "float64", initial, seed=seed)
-    try:
-        outputs = _train_steps(placement, dtype, initial, seed=seed)
-    except Exception as error:  # noqa: BLE001
-        return Result(placement.spec, dtype, "lenet_3_sgd_steps", float("nan"), float("nan"), False,
-                      f"{type(error).__name__}: {error}")
     # Three steps carry float32 rounding of every forward and backward into
     # the next, so float32 gets ten times the per-op tolerance.
     rtol, atol = TOLERANCES[dtype]
     amplification = 1.0 if dtype == "float64" else 10.0
-    compared = _compare(outputs, reference, rtol * amplification, atol * amplification)
-    return Result(placement.spec, dtype, "lenet_3_sgd_steps", *compared)
+    rtol, atol = rtol * amplification, atol * amplification
+    try:
+        outputs = _train_steps(placement, dtype, initial, seed=seed)
+    except Exception as error:  # noqa: BLE001 - the report shows any failure as a row
+        return Result(placement.spec, dtype, "lenet_3_sgd_steps", float("nan"), float("nan"), False,
+                      f"{type(error).__name__}: {error}", rtol, atol)
+    return Result(placement.spec, dtype, "lenet_3_sgd_steps", *_compare(outputs, reference, rtol, atol), "",
+                  rtol, atol)
 
 
 def backend_specs() -> list[str]:
@@ -209,25 +324,36 @@ def backend_specs() -> list[str]:
     return [spec for info in available_backends() for spec in info.devices if parse_spec(spec).supports_float64]
 
 
-def run_parity(specs=None, dtypes=("float64", "float32"), out=None, include_training=True) -> int:
-    """Print the parity table for ``specs`` (default: all available); return 0 if all pass, else 1."""
+def run_parity(specs=None, dtypes=("float64", "float32"), out=None, include_training=True, cases=None) -> int:
+    """Print the parity table for ``specs`` (default: all available); return 0 if all pass, else 1.
+
+    ``cases`` limits the op cases to those names (default: all registered).
+    Failures come first; each row shows the tolerance it was held to
+    (``atol`` is relative to the largest reference magnitude).
+    """
     out = out or sys.stdout
     specs = list(specs) if specs else backend_specs()
+    names = list(CASES) if cases is None else list(cases)
     results = []
     for spec in specs:
         for dtype in dtypes:
-            results.extend(check_op(case, spec, dtype) for case in CASES)
+            results.extend(check_op(name, spec, dtype) for name in names)
             if include_training:
                 results.append(check_training(spec, dtype))
-    header = f"{'backend':<28} {'dtype':<8} {'case':<20} {'max abs diff':>13} {'max rel diff':>13}  result"
+    results.sort(key=lambda r: r.passed)  # stable: failures first, otherwise in run order
+    header = (f"{'backend':<28} {'dtype':<8} {'case':<20} {'max abs diff':>13} {'max rel diff':>13} "
+              f"{'rtol':>8} {'atol':>8}  result")
     print(header, file=out)
     print("-" * len(header), file=out)
     for r in results:
         verdict = "pass" if r.passed else "FAIL"
-        print(f"{r.backend:<28} {r.dtype:<8} {r.case:<20} {r.max_abs:>13.3e} {r.max_rel:>13.3e}  {verdict}", file=out)
+        print(f"{r.backend:<28} {r.dtype:<8} {r.case:<20} {r.max_abs:>13.3e} {r.max_rel:>13.3e} "
+              f"{r.rtol:>8.0e} {r.atol:>8.0e}  {verdict}", file=out)
         if r.error:
             print(f"    {r.error}", file=out)
     failures = sum(not r.passed for r in results)
     print(f"\n{len(results) - failures} passed, {failures} failed "
-          f"({len(specs)} backend(s): {', '.join(specs)})", file=out)
+          f"({len(specs)} backend(s): {', '.join(specs)}). A row passes when every entry is within "
+          "atol x max|reference| + rtol x |reference|, so a large relative difference on an entry near zero "
+          "can still pass.", file=out)
     return 1 if failures else 0

@@ -228,3 +228,61 @@ def test_parity_subcommand(capsys):
     assert "conv2d" in out and "passed, 0 failed" in out
     assert main(["parity", "--dtypes", "float16"]) == 2
     assert main(["parity", "--backends", "nosuchlib"]) == 2
+
+
+USER_PARITY_MODULE = '''
+import numpy
+import portacnn
+from portacnn import parity
+from portacnn import functional as F
+
+
+class Swish(portacnn.Function):
+    def forward(self, x):
+        self.x = x
+        return x * F.sigmoid(x)
+
+    def backward(self, grad):
+        s = F.sigmoid(self.x)
+        return grad * (s + self.x * s * (1.0 - s))
+
+
+parity.case("user_swish")(parity.tape_case(Swish, (3, 4)))
+
+
+@parity.case("user_numpy_only")
+def make(rng):
+    x = rng.standard_normal((2, 3))
+    return (x,), lambda x: (numpy.asarray(x) * 2.0,)  # works on NumPy only
+'''
+
+
+def test_parity_checks_a_users_module_and_lists_failures_first(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("array_api_strict")
+    from portacnn import parity
+
+    monkeypatch.setattr(parity, "CASES", dict(parity.CASES))  # the user's cases leave with the test
+    (tmp_path / "user_ops_for_parity.py").write_text(USER_PARITY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["parity", "--module", "user_ops_for_parity", "--backends", "numpy,array_api_strict:device1",
+                 "--dtypes", "float64"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert lines[0].split()[-3:] == ["rtol", "atol", "result"]
+    rows = [line for line in lines[2:] if line.strip() and not line.startswith(" ") and "passed" not in line]
+    assert len(rows) == 4 and {row.split()[2] for row in rows} == {"user_swish", "user_numpy_only"}
+    assert rows[0].split()[:3] == ["array_api_strict:device1", "float64", "user_numpy_only"]
+    assert rows[0].endswith("FAIL") and all(row.endswith("pass") for row in rows[1:])
+    assert "lenet" not in "\n".join(lines), "a user's module checks the user's cases only"
+
+
+def test_parity_module_errors_name_the_problem(tmp_path, monkeypatch, capsys):
+    from portacnn import parity
+
+    monkeypatch.setattr(parity, "CASES", dict(parity.CASES))
+    assert main(["parity", "--module", "no_such_module_here"]) == 2
+    assert "cannot import it" in capsys.readouterr().err
+    (tmp_path / "empty_parity_module.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["parity", "--module", "empty_parity_module"]) == 2
+    assert "registered no parity cases" in capsys.readouterr().err

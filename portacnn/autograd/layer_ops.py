@@ -73,6 +73,26 @@ class Tanh(_KeepsInput):
     _forward, _backward = staticmethod(F.tanh), staticmethod(F.tanh_backward)
 
 
+class LeakyReLU(_KeepsInput):
+    _forward, _backward = staticmethod(F.leaky_relu), staticmethod(F.leaky_relu_backward)
+
+
+class ELU(_KeepsInput):
+    _forward, _backward = staticmethod(F.elu), staticmethod(F.elu_backward)
+
+
+class GELU(_KeepsInput):
+    _forward, _backward = staticmethod(F.gelu), staticmethod(F.gelu_backward)
+
+
+class SiLU(_KeepsInput):
+    _forward, _backward = staticmethod(F.silu), staticmethod(F.silu_backward)
+
+
+class Hardswish(_KeepsInput):
+    _forward, _backward = staticmethod(F.hardswish), staticmethod(F.hardswish_backward)
+
+
 class Softmax(_KeepsInput):
     _forward, _backward = staticmethod(F.softmax), staticmethod(F.softmax_backward)
 
@@ -98,6 +118,43 @@ class CrossEntropy(Function):
     def backward(self, grad):
         # forward already checked the labels
         return F.cross_entropy_backward(self.logits, self.labels, check_labels=False) * grad, None
+
+
+class _KeepsInputAndTarget(Function):
+    """A loss whose backward needs only its two inputs and its options; the functional backward gives both
+    gradients."""
+
+    _forward = _backward = None
+
+    def forward(self, input, target, **options):
+        self.input, self.target, self.options = input, target, options
+        return type(self)._forward(input, target, **options)
+
+    def backward(self, grad):
+        return type(self)._backward(grad, self.input, self.target, **self.options)
+
+
+class MSELoss(_KeepsInputAndTarget):
+    _forward, _backward = staticmethod(F.mse_loss), staticmethod(F.mse_loss_backward)
+
+
+class L1Loss(_KeepsInputAndTarget):
+    _forward, _backward = staticmethod(F.l1_loss), staticmethod(F.l1_loss_backward)
+
+
+class BCEWithLogits(_KeepsInputAndTarget):
+    _forward = staticmethod(F.binary_cross_entropy_with_logits)
+    _backward = staticmethod(F.binary_cross_entropy_with_logits_backward)
+
+
+class NLLLoss(Function):
+    def forward(self, input, target, *, reduction="mean", check_labels=True):
+        self.input, self.target, self.reduction = input, target, reduction
+        return F.nll_loss(input, target, reduction=reduction, check_labels=check_labels)
+
+    def backward(self, grad):
+        # forward already checked the labels
+        return F.nll_loss_backward(grad, self.input, self.target, reduction=self.reduction, check_labels=False), None
 
 
 class BatchNorm(Function):
@@ -164,6 +221,26 @@ def tanh(x):
     return Tanh.apply(x)
 
 
+def leaky_relu(x, negative_slope=0.01):
+    return LeakyReLU.apply(x, negative_slope=negative_slope)
+
+
+def elu(x, alpha=1.0):
+    return ELU.apply(x, alpha=alpha)
+
+
+def gelu(x, *, approximate="none"):
+    return GELU.apply(x, approximate=approximate)
+
+
+def silu(x):
+    return SiLU.apply(x)
+
+
+def hardswish(x):
+    return Hardswish.apply(x)
+
+
 def softmax(x, axis=-1):
     return Softmax.apply(x, axis=axis)
 
@@ -174,6 +251,22 @@ def log_softmax(x, axis=-1):
 
 def cross_entropy(logits, labels, *, check_labels=True):
     return CrossEntropy.apply(logits, labels, check_labels=check_labels)
+
+
+def nll_loss(input, target, *, reduction="mean", check_labels=True):
+    return NLLLoss.apply(input, target, reduction=reduction, check_labels=check_labels)
+
+
+def mse_loss(input, target, *, reduction="mean"):
+    return MSELoss.apply(input, target, reduction=reduction)
+
+
+def l1_loss(input, target, *, reduction="mean"):
+    return L1Loss.apply(input, target, reduction=reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, *, reduction="mean"):
+    return BCEWithLogits.apply(input, target, reduction=reduction)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
@@ -198,5 +291,6 @@ def dropout(x, p=0.5, *, mask=None, rng=None, training=True):
 
 def register() -> None:
     for name in ("conv2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "linear", "relu", "sigmoid", "tanh",
-                 "softmax", "log_softmax", "cross_entropy", "batch_norm", "dropout"):
+                 "leaky_relu", "elu", "gelu", "silu", "hardswish", "softmax", "log_softmax", "cross_entropy",
+                 "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits", "batch_norm", "dropout"):
         HANDLERS[name] = globals()[name]

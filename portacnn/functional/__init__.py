@@ -35,12 +35,22 @@ shared with the layers and optimizers are in ``portacnn._checks``.
 """
 
 from .activation import (
+                         elu,
+                         elu_backward,
+                         gelu,
+                         gelu_backward,
+                         hardswish,
+                         hardswish_backward,
+                         leaky_relu,
+                         leaky_relu_backward,
                          log_softmax,
                          log_softmax_backward,
                          relu,
                          relu_backward,
                          sigmoid,
                          sigmoid_backward,
+                         silu,
+                         silu_backward,
                          softmax,
                          softmax_backward,
                          tanh,
@@ -64,7 +74,18 @@ from .dropout import (
                          dropout_mask,  # noqa: F401,E402
 )
 from .linear import linear, linear_backward
-from .loss import cross_entropy, cross_entropy_backward
+from .loss import (
+                         binary_cross_entropy_with_logits,
+                         binary_cross_entropy_with_logits_backward,
+                         cross_entropy,
+                         cross_entropy_backward,
+                         l1_loss,
+                         l1_loss_backward,
+                         mse_loss,
+                         mse_loss_backward,
+                         nll_loss,
+                         nll_loss_backward,
+)
 from .normalization import batch_norm, batch_norm_backward
 from .pooling import avg_pool2d, avg_pool2d_backward, lp_pool2d, lp_pool2d_backward, max_pool2d, max_pool2d_backward
 
@@ -75,8 +96,12 @@ __all__ = [
     "lp_pool2d", "lp_pool2d_backward",
     "linear", "linear_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "leaky_relu", "leaky_relu_backward", "elu", "elu_backward", "gelu", "gelu_backward",
+    "silu", "silu_backward", "hardswish", "hardswish_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "cross_entropy", "cross_entropy_backward",
+    "nll_loss", "nll_loss_backward", "mse_loss", "mse_loss_backward", "l1_loss", "l1_loss_backward",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "batch_norm", "batch_norm_backward",
     "dropout", "dropout_backward",
 ]

@@ -1,36 +1,53 @@
-"""Cross-entropy of integer class labels."""
+"""Losses: cross-entropy and negative log-likelihood of integer class labels, MSE, L1, and binary
+cross-entropy of logits.
+
+``reduction`` is PyTorch's: ``'mean'`` (the default), ``'sum'`` or
+``'none'`` (the per-element, or per-sample, losses). Each ``<loss>_backward``
+takes the upstream gradient, shaped like the loss's result (0-d unless
+``reduction='none'``). Class labels are picked out with a one-hot comparison
+rather than integer indexing, which the array rules forbid in the backward.
+"""
 
 from __future__ import annotations
 
+import math
+
 from .._arrays import device_of, namespace_of
-from .._checks import require_float, require_ndim
+from .._checks import check_grad, check_reduction, require_float, require_ndim, require_same_dtype
 from .._dispatch import tape_aware
 from ..errors import ArgumentError, DTypeError, ShapeError
-from .activation import log_softmax, softmax
+from .activation import log_softmax, sigmoid, softmax
 
 
-def _cross_entropy_setup(logits, labels, check_labels: bool):
-    xp = namespace_of(logits, labels, names=("logits", "labels"))
-    require_float(xp, logits, "cross_entropy logits")
-    require_ndim(logits, 2, "cross_entropy logits", "(N, num_classes)")
+def _class_setup(x, labels, check_labels: bool, op: str, names: tuple[str, str], layout: str, grad_out=None):
+    """Checks shared by the losses of integer class labels; ``names`` are the op's argument names."""
+    x_name, labels_name = names
+    xp = namespace_of(x, labels, grad_out, names=(*names, "grad_out"))
+    require_float(xp, x, f"{op} {x_name}")
+    require_ndim(x, 2, f"{op} {x_name}", layout)
     if not xp.isdtype(labels.dtype, "integral"):
         raise DTypeError(
-            f"cross_entropy labels must be integer class indices (e.g. int64), got dtype {labels.dtype}; "
+            f"{op} {labels_name} must be integer class indices (e.g. int64), got dtype {labels.dtype}; "
             "one-hot or probability targets are not supported: pass the class numbers, e.g. argmax(targets, axis=1)")
-    if tuple(labels.shape) != (logits.shape[0],):
+    if tuple(labels.shape) != (x.shape[0],):
         raise ShapeError(
-            f"cross_entropy labels must have shape ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
+            f"{op} {labels_name} must have shape ({x.shape[0]},) to match {x_name} {tuple(x.shape)}, "
             f"got {tuple(labels.shape)}"
         )
-    num_classes = logits.shape[1]
+    num_classes = x.shape[1]
     if num_classes == 0:
-        raise ShapeError(f"cross_entropy logits have no classes (shape {tuple(logits.shape)})")
+        verb = "have" if x_name.endswith("s") else "has"
+        raise ShapeError(f"{op} {x_name} {verb} no classes (shape {tuple(x.shape)})")
     if check_labels:
-        _check_label_range(xp, labels, num_classes)
+        _check_label_range(xp, labels, num_classes, op, labels_name, x_name)
     return xp
 
 
-def _check_label_range(xp, labels, num_classes: int) -> None:
+def _cross_entropy_setup(logits, labels, check_labels: bool):
+    return _class_setup(logits, labels, check_labels, "cross_entropy", ("logits", "labels"), "(N, num_classes)")
+
+
+def _check_label_range(xp, labels, num_classes: int, op: str, labels_name: str, x_name: str) -> None:
     """One reduction over the labels; reading its answer waits for the device (a sync on GPUs)."""
     info = xp.iinfo(labels.dtype)
     too_small = labels < 0 if info.min < 0 else None
@@ -40,15 +57,20 @@ def _check_label_range(xp, labels, num_classes: int) -> None:
         return
     low, high = int(xp.min(labels)), int(xp.max(labels))
     raise ArgumentError(
-        f"cross_entropy labels must be class indices in [0, {num_classes - 1}] for logits with {num_classes} "
-        f"classes, got labels from {low} to {high}; check the labels, or give the last layer as many outputs "
-        "as there are classes")
+        f"{op} {labels_name} must be class indices in [0, {num_classes - 1}] for {x_name} with {num_classes} "
+        f"classes, got {labels_name} from {low} to {high}; check the {labels_name}, or give the last layer as "
+        "many outputs as there are classes")
+
+
+def _class_mask(xp, labels, num_classes: int):
+    """(N, num_classes) booleans, True at each sample's class."""
+    # The default integer dtype, not the labels': uint8 class numbers would wrap past 255.
+    classes = xp.arange(num_classes, device=device_of(labels))
+    return xp.reshape(labels, (-1, 1)) == classes
 
 
 def _one_hot(xp, labels, num_classes: int, dtype):
-    # The default integer dtype, not the labels': uint8 class numbers would wrap past 255.
-    classes = xp.arange(num_classes, device=device_of(labels))
-    return xp.astype(xp.reshape(labels, (-1, 1)) == classes, dtype)
+    return xp.astype(_class_mask(xp, labels, num_classes), dtype)
 
 
 @tape_aware
@@ -72,3 +94,132 @@ def cross_entropy_backward(logits, labels, *, check_labels: bool = True):
     xp = _cross_entropy_setup(logits, labels, check_labels)
     target = _one_hot(xp, labels, logits.shape[1], logits.dtype)
     return (softmax(logits) - target) / logits.shape[0]
+
+
+# --------------------------------------------------------------------------
+# reductions
+
+
+def _reduce(xp, losses, reduction: str):
+    if reduction == "mean":
+        return xp.mean(losses)
+    if reduction == "sum":
+        return xp.sum(losses)
+    return losses
+
+
+def _per_element_grad(grad_out, count: int, reduction: str):
+    """The upstream gradient each element's loss receives: a 0-d array, or ``grad_out`` itself for 'none'."""
+    return grad_out / count if reduction == "mean" else grad_out
+
+
+def _zero(xp, x):
+    return xp.zeros((), dtype=x.dtype, device=device_of(x))
+
+
+# --------------------------------------------------------------------------
+# negative log-likelihood
+
+
+def _nll_setup(input, target, reduction, check_labels: bool, op: str, grad_out=None):
+    reduction = check_reduction(reduction, op)
+    xp = _class_setup(input, target, check_labels, op, ("input", "target"), "(N, C) of log-probabilities",
+                      grad_out)
+    if grad_out is not None:
+        check_grad(grad_out, input, (input.shape[0],) if reduction == "none" else (), op)
+    return xp, reduction
+
+
+@tape_aware
+def nll_loss(input, target, *, reduction: str = "mean", check_labels: bool = True):
+    """Negative log-likelihood of integer class ``target`` under log-probabilities ``input`` (N, C).
+
+    ``log_softmax`` then ``nll_loss`` is ``cross_entropy``. ``check_labels``
+    is as in ``cross_entropy`` (one reduction, and a device sync on GPUs).
+    The class is picked with ``where``, not a product with a one-hot array, so
+    a -inf log-probability of another class cannot turn the loss into nan.
+    """
+    xp, reduction = _nll_setup(input, target, reduction, check_labels, "nll_loss")
+    picked = xp.where(_class_mask(xp, target, input.shape[1]), input, _zero(xp, input))
+    return _reduce(xp, -xp.sum(picked, axis=1), reduction)
+
+
+def nll_loss_backward(grad_out, input, target, *, reduction: str = "mean", check_labels: bool = True):
+    """Gradient with respect to ``input`` (the target is integer: it has none)."""
+    xp, reduction = _nll_setup(input, target, reduction, check_labels, "nll_loss_backward", grad_out)
+    per_sample = _per_element_grad(grad_out, input.shape[0], reduction)
+    if reduction == "none":
+        per_sample = xp.reshape(per_sample, (-1, 1))
+    return -xp.where(_class_mask(xp, target, input.shape[1]), per_sample, _zero(xp, input))
+
+
+# --------------------------------------------------------------------------
+# losses between an input and a target of the same shape
+
+
+def _paired_setup(input, target, reduction, op: str, grad_out=None):
+    reduction = check_reduction(reduction, op)
+    xp = namespace_of(input, target, grad_out, names=("input", "target", "grad_out"))
+    require_float(xp, input, f"{op} input")
+    if not xp.isdtype(target.dtype, "real floating"):
+        raise DTypeError(
+            f"{op} target must be a real floating-point array like the input ({input.dtype}), got {target.dtype}; "
+            "cast it, e.g. target.astype(input.dtype) (for integer class labels use cross_entropy or nll_loss)")
+    require_same_dtype(input, target, "input", "target")
+    if tuple(target.shape) != tuple(input.shape):
+        # PyTorch broadcasts here (with a warning); an (N, 1) input against an (N,) target then gives an
+        # (N, N) loss, which is never what was meant.
+        raise ShapeError(f"{op}: target has shape {tuple(target.shape)} but input has shape {tuple(input.shape)}; "
+                         "they must be equal: reshape one, e.g. target.reshape(input.shape)")
+    if reduction == "mean" and math.prod(input.shape) == 0:
+        raise ShapeError(f"{op}: the mean over an empty input (shape {tuple(input.shape)}) is undefined; pass at "
+                         "least one element, or use reduction='sum'")
+    if grad_out is not None:
+        check_grad(grad_out, input, input.shape if reduction == "none" else (), op)
+    return xp, reduction
+
+
+@tape_aware
+def mse_loss(input, target, *, reduction: str = "mean"):
+    xp, reduction = _paired_setup(input, target, reduction, "mse_loss")
+    difference = input - target
+    return _reduce(xp, difference * difference, reduction)
+
+
+def mse_loss_backward(grad_out, input, target, *, reduction: str = "mean"):
+    """Gradients with respect to ``(input, target)``."""
+    _, reduction = _paired_setup(input, target, reduction, "mse_loss_backward", grad_out)
+    grad_input = 2.0 * (input - target) * _per_element_grad(grad_out, math.prod(input.shape), reduction)
+    return grad_input, -grad_input
+
+
+@tape_aware
+def l1_loss(input, target, *, reduction: str = "mean"):
+    xp, reduction = _paired_setup(input, target, reduction, "l1_loss")
+    return _reduce(xp, xp.abs(input - target), reduction)
+
+
+def l1_loss_backward(grad_out, input, target, *, reduction: str = "mean"):
+    """Gradients with respect to ``(input, target)``; 0 where they are equal, as in PyTorch."""
+    xp, reduction = _paired_setup(input, target, reduction, "l1_loss_backward", grad_out)
+    grad_input = xp.sign(input - target) * _per_element_grad(grad_out, math.prod(input.shape), reduction)
+    return grad_input, -grad_input
+
+
+@tape_aware
+def binary_cross_entropy_with_logits(input, target, *, reduction: str = "mean"):
+    """-[t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))], as max(x, 0) - x t + log(1 + exp(-|x|)).
+
+    That form never takes exp of a positive number nor log of 0, so it is
+    finite for any logits, where log(sigmoid(x)) would give -inf.
+    """
+    xp, reduction = _paired_setup(input, target, reduction, "binary_cross_entropy_with_logits")
+    losses = xp.maximum(input, _zero(xp, input)) - input * target + xp.log1p(xp.exp(-xp.abs(input)))
+    return _reduce(xp, losses, reduction)
+
+
+def binary_cross_entropy_with_logits_backward(grad_out, input, target, *, reduction: str = "mean"):
+    """Gradients with respect to ``(input, target)``."""
+    _, reduction = _paired_setup(input, target, reduction, "binary_cross_entropy_with_logits_backward", grad_out)
+    scale = _per_element_grad(grad_out, math.prod(input.shape), reduction)
+    return (sigmoid(input) - target) * scale, -input * scale

@@ -15,18 +15,20 @@ One module per family, as PyTorch's ``torch/nn/modules``: ``module``
 ``loss``.
 """
 
-from .activation import ReLU, Sigmoid, Tanh
-from .container import Sequential
+from .activation import ELU, GELU, Hardswish, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from .container import Identity, ModuleDict, ModuleList, Sequential
 from .conv import Conv2d
 from .dropout import Dropout
 from .flatten import Flatten
 from .linear import Linear
-from .loss import CrossEntropyLoss
+from .loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from .module import Buffer, Module, Parameter
 from .normalization import BatchNorm2d
 from .pooling import AvgPool2d, LPPool2d, MaxPool2d
 
 __all__ = [
     "Parameter", "Buffer", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "Linear",
-    "ReLU", "Sigmoid", "Tanh", "Flatten", "Dropout", "BatchNorm2d", "Sequential", "CrossEntropyLoss",
+    "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "GELU", "SiLU", "Hardswish", "Softmax", "LogSoftmax",
+    "Identity", "Flatten", "Dropout", "BatchNorm2d", "Sequential", "ModuleList", "ModuleDict",
+    "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "BCEWithLogitsLoss",
 ]

@@ -1,8 +1,15 @@
-"""Losses."""
+"""Losses.
+
+``reduction`` ('mean', 'sum' or 'none') is keyword-only: in PyTorch the
+positional slots before it belong to the deprecated ``size_average`` and
+``reduce`` (and to class ``weight``), which portacnn does not have, so a call
+valid here means the same in PyTorch.
+"""
 
 from __future__ import annotations
 
 from .. import functional as F
+from .._checks import check_reduction
 from .module import Module
 
 
@@ -19,3 +26,39 @@ class CrossEntropyLoss(Module):
 
     def forward(self, logits, labels):
         return F.cross_entropy(logits, labels, check_labels=self.check_labels)
+
+
+class _Loss(Module):
+    def __init__(self, *, reduction: str = "mean"):
+        self.reduction = check_reduction(reduction, type(self).__name__)
+
+
+class NLLLoss(_Loss):
+    """Negative log-likelihood of integer labels given log-probabilities (N, C), e.g. after ``LogSoftmax(dim=1)``.
+
+    ``check_labels`` is as in ``CrossEntropyLoss``.
+    """
+
+    def __init__(self, *, reduction: str = "mean", check_labels: bool = True):
+        super().__init__(reduction=reduction)
+        self.check_labels = bool(check_labels)
+
+    def forward(self, input, target):
+        return F.nll_loss(input, target, reduction=self.reduction, check_labels=self.check_labels)
+
+
+class MSELoss(_Loss):
+    def forward(self, input, target):
+        return F.mse_loss(input, target, reduction=self.reduction)
+
+
+class L1Loss(_Loss):
+    def forward(self, input, target):
+        return F.l1_loss(input, target, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy of logits: sigmoid and the loss in one numerically stable formula."""
+
+    def forward(self, input, target):
+        return F.binary_cross_entropy_with_logits(input, target, reduction=self.reduction)
