@@ -50,3 +50,9 @@ def test_residual_example_trains_the_same_on_other_backends(backend):
         assert len(runs[name]) == 3, result.stdout
     # Same seed, same batches, float32 on both sides: the printed losses and accuracy agree.
     assert runs[backend] == pytest.approx(runs["numpy"], abs=2e-3), runs
+
+
+def test_the_custom_function_test_file_passes_as_a_user_would_run_it():
+    result = _run("-m", "pytest", "-q", "-p", "no:cacheprovider", EXAMPLES / "test_custom_swish.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout and "failed" not in result.stdout
