@@ -6,7 +6,9 @@ ids read like ``numpy-float64``, ``array_api_strict-device1-float32``,
 ``torch-float32``. ``--portacnn-backends=numpy,torch`` (or
 ``PORTACNN_TEST_BACKENDS``) runs a subset. See ``portacnn/testing/cases.py``
 for the cases and their helpers (``case.put``, ``case.ref``,
-``case.assert_close``).
+``case.assert_close``). Helpers shared by several test files (offline
+MNIST, checkpoint rewriting, the directional finite-difference check, ...)
+live in ``support.py``.
 
 The plugin is registered by the package's ``pytest11`` entry point; it is
 named here as well so the suite also runs from a checkout that was not

@@ -27,14 +27,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+from support import capture_lenets, offline_datasets  # tests/ is this script's folder, so on its path
 
 from portacnn import datasets, distributed
 
 
 def _offline():
     """As the tests' fixtures do: no downloads, and generated (uncompressed) files skip the md5 check."""
-    datasets.MIRRORS = []
-    datasets.MNIST_FILES = {k: v for k, v in datasets.MNIST_FILES.items() if k.endswith(".gz")}
+    for name, value in offline_datasets("gz").items():
+        setattr(datasets, name, value)
 
 
 def _record(out: Path, data: dict) -> None:
@@ -43,26 +45,21 @@ def _record(out: Path, data: dict) -> None:
 
 
 def run_train(config_json: str, out: str) -> None:
-    import portacnn.models
     from portacnn.backends import to_numpy
     from portacnn.training import TrainConfig, train
 
     out = Path(out)
     distributed.init()
     rank = distributed.rank()
-    models, shards = [], []
-    real_lenet, real_shard = portacnn.models.lenet, distributed.shard
-
-    def capturing_lenet(**kwargs):
-        models.append(real_lenet(**kwargs))
-        return models[-1]
+    shards = []
+    real_shard = distributed.shard
 
     def recording_shard(items):
         local = real_shard(items)
         shards.append({"batch": np.asarray(items).tolist(), "local": np.asarray(local).tolist()})
         return local
 
-    portacnn.models.lenet = capturing_lenet
+    models = capture_lenets(pytest.MonkeyPatch())  # never undone: the process ends after this run
     distributed.shard = recording_shard
     mine = out / f"rank{rank}"
     options = json.loads(config_json)

@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from support import rewrite_checkpoint
 
 from portacnn.backends import to_device, to_numpy
 from portacnn.checkpoint import FORMAT_VERSION, build_model, load_checkpoint, restore_training_state, save_checkpoint
@@ -184,30 +185,21 @@ def test_npz_without_metadata(tmp_path):
     _assert_checkpoint_error(path, "not a portacnn checkpoint", "metadata")
 
 
-def _rewrite_metadata(path, change):
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    metadata = json.loads(arrays["metadata"].tobytes())
-    change(metadata)
-    arrays["metadata"] = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
-    np.savez(path, **arrays)
-
-
 def test_newer_format_version(saved):
     path = saved[0]
-    _rewrite_metadata(path, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    rewrite_checkpoint(path, change_metadata=lambda m: m.update(format_version=FORMAT_VERSION + 1))
     _assert_checkpoint_error(path, f"version {FORMAT_VERSION + 1}", "upgrade portacnn")
 
 
 def test_foreign_metadata(saved):
     path = saved[0]
-    _rewrite_metadata(path, lambda m: m.update(format="something-else"))
+    rewrite_checkpoint(path, change_metadata=lambda m: m.update(format="something-else"))
     _assert_checkpoint_error(path, "not a portacnn checkpoint")
 
 
 def test_unknown_architecture(saved):
     path = saved[0]
-    _rewrite_metadata(path, lambda m: m.update(architecture="resnet50"))
+    rewrite_checkpoint(path, change_metadata=lambda m: m.update(architecture="resnet50"))
     with pytest.raises(CheckpointError, match="resnet50.*known architectures: lenet"):
         build_model(load_checkpoint(path))
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from fake_mnist import SHARED_MNIST, offline_environment, write_fake_mnist
+from support import SHARED_MNIST, offline_environment, write_fake_mnist
 
 from portacnn import datasets
 from portacnn.cli import load_digit_image, main

@@ -9,17 +9,14 @@ import os
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support import SHARED_MNIST, idx_images, idx_labels, needs_real_mnist, offline_environment
 
 from portacnn import datasets
 from portacnn.datasets import find_shared_mnist, load_mnist, mnist_root
 from portacnn.errors import DatasetError
-
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-needs_real_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
 
 TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -27,25 +24,12 @@ TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Keep every test off the real home, the real PORTACNN_DATA and the network."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PORTACNN_DATA", raising=False)
-    monkeypatch.setattr(datasets, "MIRRORS", [])
+    """Keep every test off the real home, the real PORTACNN_DATA and the network; md5s as shipped."""
+    offline_environment(monkeypatch, tmp_path / "home", md5s="all")
     monkeypatch.setattr(datasets, "TIMEOUT", 5.0)
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def idx_images(images):
-    """IDX3 bytes for a (N, rows, cols) uint8 array."""
-    n, rows, cols = images.shape
-    return struct.pack(">IIII", 2051, n, rows, cols) + images.astype(np.uint8).tobytes()
-
-
-def idx_labels(labels):
-    """IDX1 bytes for a (N,) uint8 array."""
-    return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
 
 
 def make_split(n, seed=0):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_mnist import SHARED_MNIST, offline_environment, write_fake_mnist
+from support import SHARED_MNIST, capture_lenets, offline_environment, write_fake_mnist
 
 from portacnn import distributed
 from portacnn.cli import build_parser, main
@@ -184,13 +184,9 @@ def two_rank_run(mpiexec, tmp_path_factory):
     result = worker(mpiexec, "train", json.dumps(config), root / "out")
     assert result.returncode == 0, f"2-rank training failed:\n{result.stdout}\n{result.stderr}"
 
-    models = []
     with pytest.MonkeyPatch.context() as monkeypatch:
         offline_environment(monkeypatch, root / "home")
-        import portacnn.models
-
-        real = portacnn.models.lenet
-        monkeypatch.setattr(portacnn.models, "lenet", lambda **kw: models.append(real(**kw)) or models[-1])
+        models = capture_lenets(monkeypatch)
         single = train(TrainConfig(**config))
     ranks = [json.loads((root / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
     params = [dict(np.load(root / "out" / f"params-rank{r}.npz")) for r in (0, 1)]
@@ -377,12 +373,8 @@ def test_two_ranks_on_gpus_match_one_process(mpiexec, tmp_path):
     config = dict(TWO_RANK_CONFIG, data_dir=str(data), backend="cupy")
     result = worker(mpiexec, "train", json.dumps(config), tmp_path / "out")
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    import portacnn.models
-
-    models = []
-    real = portacnn.models.lenet
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(portacnn.models, "lenet", lambda **kw: models.append(real(**kw)) or models[-1])
+        models = capture_lenets(monkeypatch)
         train(TrainConfig(**dict(config, backend="numpy")))
     for rank in (0, 1):
         params = np.load(tmp_path / "out" / f"params-rank{rank}.npz")

@@ -16,7 +16,6 @@ truncation or a flipped byte anywhere (property-based), an interrupted save,
 and a process SIGKILLed in the middle of saving.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import rewrite_checkpoint
 
 from portacnn.checkpoint import build_model, load_checkpoint, save_checkpoint
 from portacnn.files import atomic_write
@@ -39,19 +39,6 @@ from portacnn.nn import Linear, Sequential
 
 def small_model(seed=0):
     return Sequential(Linear(4, 3, rng=seed, dtype="float64"), Linear(3, 2, rng=seed + 1, dtype="float64"))
-
-
-def rewrite(path, change_arrays=None, change_metadata=None):
-    """Rewrite the .npz at ``path`` after editing its arrays and/or its JSON metadata."""
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    metadata = json.loads(arrays.pop("metadata").tobytes())
-    if change_arrays:
-        change_arrays(arrays)
-    if change_metadata:
-        change_metadata(metadata)
-    arrays["metadata"] = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
-    np.savez(path, **arrays)
 
 
 def assert_refused(path, *fragments, call=load_checkpoint):
@@ -79,7 +66,7 @@ def test_pickled_entry_is_refused_without_being_unpickled(tmp_path):
     marker = tmp_path / "pickle-was-loaded"
     trap = np.empty(1, dtype=object)
     trap[0] = _Trap(marker)
-    rewrite(path, change_arrays=lambda arrays: arrays.update({"model/0.weight": trap}))
+    rewrite_checkpoint(path, change_arrays=lambda arrays: arrays.update({"model/0.weight": trap}))
     assert_refused(path, str(path), "model/0.weight", "pickled", "never unpickles")
     assert not marker.exists()
 
@@ -92,7 +79,7 @@ def test_missing_unexpected_and_misshaped_parameters_are_all_listed(tmp_path):
         arrays["model/10.weight"] = np.zeros((3, 3), np.float32)
         arrays["model/7.weight"] = np.zeros((500, 801), np.float32)
 
-    rewrite(path, change_arrays=edit)
+    rewrite_checkpoint(path, change_arrays=edit)
     message = assert_refused(path, "missing: 0.bias", "unexpected: 10.weight", "7.weight",
                              "(500, 801)", "(500, 800)", call=lambda p: build_model(load_checkpoint(p)))
     assert "different architecture" in message
@@ -107,7 +94,7 @@ def test_missing_unexpected_and_misshaped_parameters_are_all_listed(tmp_path):
 ])
 def test_malformed_metadata_is_refused(tmp_path, field, value, fragment):
     path = save_checkpoint(tmp_path / "m.npz", small_model())
-    rewrite(path, change_metadata=lambda metadata: metadata.update({field: value}))
+    rewrite_checkpoint(path, change_metadata=lambda metadata: metadata.update({field: value}))
     assert_refused(path, "malformed metadata", fragment)
 
 
@@ -119,7 +106,7 @@ def test_saved_options_this_version_cannot_build(tmp_path):
 
 def test_non_float_parameter_arrays_are_refused(tmp_path):
     path = save_checkpoint(tmp_path / "m.npz", small_model())
-    rewrite(path, change_arrays=lambda arrays: arrays.update({"model/0.bias": np.array(["a", "b", "c"])}))
+    rewrite_checkpoint(path, change_arrays=lambda arrays: arrays.update({"model/0.bias": np.array(["a", "b", "c"])}))
     assert_refused(path, "not floating point", "0.bias",
                    call=lambda p: small_model().load_state_dict(load_checkpoint(p)["model"]))
 

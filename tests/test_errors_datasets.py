@@ -19,7 +19,6 @@ and property-based damage to md5-registered files.
 import gzip
 import hashlib
 import os
-import struct
 import tempfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import idx_images, idx_labels, offline_environment
 
 from portacnn import datasets
 from portacnn.datasets import load_mnist
@@ -37,10 +37,7 @@ TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PORTACNN_DATA", raising=False)
-    monkeypatch.setattr(datasets, "MIRRORS", [])
-    monkeypatch.setattr(datasets, "MNIST_FILES", {})
+    offline_environment(monkeypatch, tmp_path / "home", md5s="none")
 
 
 def split_bytes(n=5, seed=0):
@@ -48,8 +45,8 @@ def split_bytes(n=5, seed=0):
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, n, dtype=np.uint8)
     return {
-        TRAIN[0]: struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes(),
-        TRAIN[1]: struct.pack(">II", 2049, n) + labels.tobytes(),
+        TRAIN[0]: idx_images(images),
+        TRAIN[1]: idx_labels(labels),
     }
 
 

@@ -21,13 +21,12 @@ import math
 
 import numpy as np
 import pytest
-from fake_mnist import write_fake_mnist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from support import offline_environment, write_fake_mnist
 
 import portacnn.training as training
-from portacnn import datasets
 from portacnn import functional as F
 from portacnn.checkpoint import load_checkpoint
 from portacnn.nn import Parameter
@@ -37,11 +36,7 @@ from portacnn.training import TrainConfig, TrainingDivergedError, train
 
 @pytest.fixture
 def fake_mnist(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PORTACNN_DATA", raising=False)
-    monkeypatch.delenv("PORTACNN_BACKEND", raising=False)
-    monkeypatch.setattr(datasets, "MIRRORS", [])
-    monkeypatch.setattr(datasets, "MNIST_FILES", {})
+    offline_environment(monkeypatch, tmp_path / "home", md5s="none")
     return write_fake_mnist(tmp_path / "mnist", n_train=60, n_test=10)
 
 

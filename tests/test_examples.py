@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_mnist import SHARED_MNIST
+from support import SHARED_MNIST, needs_real_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -21,7 +21,7 @@ def test_same_model_any_backend_reports_agreement():
     assert "all backends agree with numpy" in result.stdout
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
+@needs_real_mnist
 def test_train_mnist_example_learns_in_one_epoch():
     result = _run(EXAMPLES / "train_mnist.py", "--epochs", "1", "--data-dir", SHARED_MNIST)
     assert result.returncode == 0, result.stderr
@@ -29,7 +29,7 @@ def test_train_mnist_example_learns_in_one_epoch():
     assert accuracy > 0.9
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
+@needs_real_mnist
 def test_residual_example_learns_with_loss_backward():
     result = _run(EXAMPLES / "residual_mnist.py", "--train-size", "6000", "--test-size", "2000",
                   "--data-dir", SHARED_MNIST)
@@ -37,7 +37,7 @@ def test_residual_example_learns_with_loss_backward():
     assert float(result.stdout.split("test accuracy")[-1]) > 0.6
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
+@needs_real_mnist
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_residual_example_trains_the_same_on_other_backends(backend):
     pytest.importorskip(backend)

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import directional_check, t64, torch_forward_backward
 
 import portacnn.functional as F
 from portacnn.errors import BackendMismatchError, DTypeError, PortacnnError, ShapeError
@@ -327,20 +328,6 @@ def test_lp_pool_inf_is_max_pool(cfg):
 # 2. PyTorch oracle (float64 autograd with a random upstream gradient)
 
 
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
-
-
-def torch_forward_backward(fn, arrays, g):
-    """Run ``fn`` on float64 tensors made from ``arrays`` (None passes
-    through); return (output, grads of <output, g> for each non-None array)."""
-    tensors = [None if a is None else t64(a, grad=True) for a in arrays]
-    out = fn(*tensors)
-    wrt = [t for t in tensors if t is not None]
-    grads = torch.autograd.grad(out, wrt, grad_outputs=t64(g))
-    return out.detach().numpy(), [gr.numpy() for gr in grads]
-
-
 def check_conv_vs_torch(cfg: ConvCfg, seed: int):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((cfg.n, cfg.c, cfg.h, cfg.w))
@@ -586,27 +573,10 @@ def test_pools_vs_torch_hypothesis(cfg, seed):
 
 # ==========================================================================
 # 3. finite differences (float64, central, one random direction per input)
-
-
-def fd_check(forward, args, analytic, g, rng, *, h=1e-6, name=""):
-    """For each ``i`` in ``analytic`` (index -> gradient of <forward(*args), g>
-    with respect to args[i]), compare <grad, d> with the central difference of
-    <forward, g> along a random direction d."""
-    args = list(args)
-
-    def loss(a):
-        return float(np.sum(np.asarray(forward(*a)) * g))
-
-    for i, grad in analytic.items():
-        d = rng.standard_normal(np.shape(args[i]))
-        plus, minus = list(args), list(args)
-        plus[i] = args[i] + h * d
-        minus[i] = args[i] - h * d
-        numeric = (loss(plus) - loss(minus)) / (2 * h)
-        exact = float(np.sum(np.asarray(grad) * d))
-        # central-difference error: O(h^2) truncation + O(eps*|loss|/h) rounding
-        tol = 1e-6 * (abs(exact) + float(np.sum(np.abs(np.asarray(grad) * d)))) + 1e-8
-        assert abs(numeric - exact) <= tol, f"{name} arg {i}: finite difference {numeric!r} vs backward {exact!r}"
+#
+# These check the functional backwards (``conv2d_backward`` and friends) on an
+# explicit ``grad_out``, which ``portacnn.testing.gradcheck`` (the tape) cannot
+# express; hence the shared ``support.directional_check``.
 
 
 @pytest.mark.parametrize("cfg", CONV_CONFIGS[:4] + CONV_CONFIGS[6:7] + CONV_CONFIGS[9:10], ids=lambda c: c.id)
@@ -617,8 +587,8 @@ def test_conv2d_finite_differences(cfg):
     b = rng.standard_normal(cfg.o)
     g = rng.standard_normal(F.conv2d(x, w, b, **cfg.kw).shape)
     gx, gw, gb = F.conv2d_backward(g, x, w, **cfg.kw)
-    fd_check(lambda x_, w_, b_: F.conv2d(x_, w_, b_, **cfg.kw), [x, w, b], {0: gx, 1: gw, 2: gb}, g, rng,
-             name="conv2d")
+    directional_check(lambda x_, w_, b_: F.conv2d(x_, w_, b_, **cfg.kw), [x, w, b], {0: gx, 1: gw, 2: gb}, g, rng,
+                      name="conv2d")
 
 
 @pytest.mark.parametrize("cfg", POOL_CONFIGS, ids=lambda c: c.id)
@@ -627,10 +597,10 @@ def test_max_avg_pool_finite_differences(cfg):
     x = distinct_values((cfg.n, cfg.c, cfg.h, cfg.w), rng)  # h*|d| << 0.01: the argmax never moves
     args = (cfg.kernel, cfg.stride, cfg.padding)
     g = rng.standard_normal(pool_out_shape(cfg))
-    fd_check(lambda x_: F.max_pool2d(x_, *args), [x], {0: F.max_pool2d_backward(g, x, *args)}, g, rng,
-             name="max_pool2d")
-    fd_check(lambda x_: F.avg_pool2d(x_, *args), [x], {0: F.avg_pool2d_backward(g, x, *args)}, g, rng,
-             name="avg_pool2d")
+    directional_check(lambda x_: F.max_pool2d(x_, *args), [x], {0: F.max_pool2d_backward(g, x, *args)}, g, rng,
+                      name="max_pool2d")
+    directional_check(lambda x_: F.avg_pool2d(x_, *args), [x], {0: F.avg_pool2d_backward(g, x, *args)}, g, rng,
+                      name="avg_pool2d")
 
 
 @pytest.mark.parametrize("p", LP_NORMS + [math.inf])
@@ -641,7 +611,8 @@ def test_lp_pool_finite_differences(cfg, p):
     x = distinct_values(shape, rng) + 0.01 * math.prod(shape) if math.isinf(p) else rng.uniform(0.2, 2.0, shape)
     g = rng.standard_normal(pool_out_shape(cfg, padding=0))
     grad = F.lp_pool2d_backward(g, x, p, cfg.kernel, cfg.stride)
-    fd_check(lambda x_: F.lp_pool2d(x_, p, cfg.kernel, cfg.stride), [x], {0: grad}, g, rng, name="lp_pool2d")
+    directional_check(lambda x_: F.lp_pool2d(x_, p, cfg.kernel, cfg.stride), [x], {0: grad}, g, rng,
+                      name="lp_pool2d")
 
 
 @pytest.mark.parametrize("shape", LINEAR_SHAPES, ids=str)
@@ -651,7 +622,7 @@ def test_linear_finite_differences(shape):
     x, w, b = rng.standard_normal((n, fin)), rng.standard_normal((fout, fin)), rng.standard_normal(fout)
     g = rng.standard_normal((n, fout))
     gx, gw, gb = F.linear_backward(g, x, w)
-    fd_check(F.linear, [x, w, b], {0: gx, 1: gw, 2: gb}, g, rng, name="linear")
+    directional_check(F.linear, [x, w, b], {0: gx, 1: gw, 2: gb}, g, rng, name="linear")
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
@@ -660,7 +631,7 @@ def test_activation_finite_differences(name):
     x = away_from_zero((3, 4, 5), rng)
     g = rng.standard_normal(x.shape)
     fwd, bwd = getattr(F, name), getattr(F, name + "_backward")
-    fd_check(fwd, [x], {0: bwd(g, x)}, g, rng, name=name)
+    directional_check(fwd, [x], {0: bwd(g, x)}, g, rng, name=name)
 
 
 @pytest.mark.parametrize("shape,axis", SOFTMAX_CASES, ids=str)
@@ -670,15 +641,15 @@ def test_softmax_finite_differences(name, shape, axis):
     x = rng.standard_normal(shape) * 3
     g = rng.standard_normal(shape)
     fwd, bwd = getattr(F, name), getattr(F, name + "_backward")
-    fd_check(lambda x_: fwd(x_, axis), [x], {0: bwd(g, x, axis)}, g, rng, name=name)
+    directional_check(lambda x_: fwd(x_, axis), [x], {0: bwd(g, x, axis)}, g, rng, name=name)
 
 
 def test_cross_entropy_finite_differences():
     rng = np.random.default_rng(26)
     logits = rng.standard_normal((6, 5)) * 2
     labels = rng.integers(0, 5, 6)
-    fd_check(lambda z: F.cross_entropy(z, labels), [logits], {0: F.cross_entropy_backward(logits, labels)},
-             np.float64(1.0), rng, name="cross_entropy")
+    directional_check(lambda z: F.cross_entropy(z, labels), [logits],
+                      {0: F.cross_entropy_backward(logits, labels)}, np.float64(1.0), rng, name="cross_entropy")
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -691,12 +662,12 @@ def test_batch_norm_finite_differences(shape, training, affine):
     g = rng.standard_normal(shape)
     if affine:
         gx, gw, gb = F.batch_norm_backward(g, x, rm, rv, w, training=training, eps=eps)
-        fd_check(lambda x_, w_, b_: F.batch_norm(x_, rm, rv, w_, b_, training=training, eps=eps)[0],
-                 [x, w, b], {0: gx, 1: gw, 2: gb}, g, rng, name="batch_norm")
+        directional_check(lambda x_, w_, b_: F.batch_norm(x_, rm, rv, w_, b_, training=training, eps=eps)[0],
+                          [x, w, b], {0: gx, 1: gw, 2: gb}, g, rng, name="batch_norm")
     else:
         gx, _, _ = F.batch_norm_backward(g, x, rm, rv, None, training=training, eps=eps)
-        fd_check(lambda x_: F.batch_norm(x_, rm, rv, training=training, eps=eps)[0],
-                 [x], {0: gx}, g, rng, name="batch_norm")
+        directional_check(lambda x_: F.batch_norm(x_, rm, rv, training=training, eps=eps)[0],
+                          [x], {0: gx}, g, rng, name="batch_norm")
 
 
 def test_dropout_finite_differences():
@@ -704,8 +675,8 @@ def test_dropout_finite_differences():
     x = rng.standard_normal((5, 7))
     mask = F.dropout_mask(x.shape, 0.3, rng)
     g = rng.standard_normal(x.shape)
-    fd_check(lambda x_: F.dropout(x_, 0.3, mask=mask), [x], {0: F.dropout_backward(g, mask, 0.3)}, g, rng,
-             name="dropout")
+    directional_check(lambda x_: F.dropout(x_, 0.3, mask=mask), [x], {0: F.dropout_backward(g, mask, 0.3)}, g,
+                      rng, name="dropout")
 
 
 # ==========================================================================

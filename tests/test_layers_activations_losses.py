@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 from conftest import case_params
+from support import directional_check, t64, torch_forward_backward
 
 import portacnn
 from portacnn import functional as F
@@ -44,10 +45,6 @@ def close(actual, expected, rtol=RTOL, atol=ATOL, msg=""):
     assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape} {msg}"
     scale = max(1.0, float(np.max(np.abs(expected[np.isfinite(expected)]), initial=0.0)))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=msg)
-
-
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
 
 
 def away_from(points, shape, rng, scale=3.0, gap=0.05):
@@ -123,12 +120,6 @@ ACTIVATIONS = {
 }
 
 
-def torch_forward_backward(fn, arrays, g):
-    tensors = [t64(a, grad=True) for a in arrays]
-    out = fn(*tensors)
-    return out.detach().numpy(), [gr.numpy() for gr in torch.autograd.grad(out, tensors, grad_outputs=t64(g))]
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_activation_matches_torch(name, shape):
@@ -170,28 +161,13 @@ def test_gelu_keeps_relative_accuracy_in_the_negative_tail():
     np.testing.assert_allclose(F.gelu(x, approximate="tanh"), tail, rtol=1e-13)
 
 
-def fd_check(forward, args, grads, weights, rng, h=1e-6, name=""):
-    """<grad_i, d> against the central difference of <forward(*args), weights> along a random d, per input."""
-    def objective(values):
-        return float(np.sum(np.asarray(forward(*values)) * weights))
-
-    for index, grad in grads.items():
-        d = rng.standard_normal(np.shape(args[index]))
-        plus, minus = list(args), list(args)
-        plus[index], minus[index] = args[index] + h * d, args[index] - h * d
-        numeric = (objective(plus) - objective(minus)) / (2 * h)
-        exact = float(np.sum(grad * d))
-        tolerance = 1e-6 * (abs(exact) + float(np.sum(np.abs(grad * d)))) + 1e-8
-        assert abs(numeric - exact) <= tolerance, f"{name} input {index}: finite difference {numeric} vs {exact}"
-
-
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_activation_finite_differences(name):
     forward, backward, _, kinks = ACTIVATIONS[name]
     rng = np.random.default_rng(2)
     x = away_from(kinks, (3, 4, 5), rng)
     g = rng.standard_normal(x.shape)
-    fd_check(forward, [x], {0: backward(g, x)}, g, rng, name=name)
+    directional_check(forward, [x], {0: backward(g, x)}, g, rng, name=name)
 
 
 #: layer id -> (ours, torch's)
@@ -343,7 +319,7 @@ def test_paired_loss_finite_differences(name, reduction):
         t = x + away_from([0.0], x.shape, rng, scale=1.0)  # no element where input == target (|d|'s kink)
     g = rng.standard_normal(np.shape(ours(x, t, reduction=reduction)))
     gx, gt = backward(g, x, t, reduction=reduction)
-    fd_check(lambda a, b: ours(a, b, reduction=reduction), [x, t], {0: gx, 1: gt}, g, rng, name=name)
+    directional_check(lambda a, b: ours(a, b, reduction=reduction), [x, t], {0: gx, 1: gt}, g, rng, name=name)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -351,8 +327,8 @@ def test_nll_loss_finite_differences(reduction):
     rng = np.random.default_rng(8)
     x, labels = rng.standard_normal((7, 4)), rng.integers(0, 4, 7)
     g = rng.standard_normal(np.shape(F.nll_loss(x, labels, reduction=reduction)))
-    fd_check(lambda a: F.nll_loss(a, labels, reduction=reduction), [x],
-             {0: F.nll_loss_backward(g, x, labels, reduction=reduction)}, g, rng, name="nll_loss")
+    directional_check(lambda a: F.nll_loss(a, labels, reduction=reduction), [x],
+                      {0: F.nll_loss_backward(g, x, labels, reduction=reduction)}, g, rng, name="nll_loss")
 
 
 #: layer id -> (ours, torch's, target maker: (rng, input shape) -> target)

@@ -4,27 +4,21 @@ import importlib.util
 
 import numpy as np
 import pytest
-from fake_mnist import SHARED_MNIST, write_fake_mnist
+from support import SHARED_MNIST, needs_real_mnist, offline_environment, write_fake_mnist
 
-from portacnn import datasets
 from portacnn.checkpoint import load_checkpoint
 from portacnn.errors import CheckpointError, PortacnnError
 from portacnn.models import lenet
 from portacnn.training import (PRESETS, ConfigError, TrainConfig, TrainingDivergedError, evaluate, prepare_images,
                                train)
 
-needs_real_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No network, no real home; generated files skip the md5 check."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PORTACNN_DATA", raising=False)
-    monkeypatch.delenv("PORTACNN_BACKEND", raising=False)
-    monkeypatch.setattr(datasets, "MIRRORS", [])
-    monkeypatch.setattr(datasets, "MNIST_FILES", {k: v for k, v in datasets.MNIST_FILES.items() if k.endswith(".gz")})
+    offline_environment(monkeypatch, tmp_path / "home")
 
 
 @pytest.fixture
