@@ -95,6 +95,13 @@ def check_finite(value, name: str) -> float:
     return float(value)
 
 
+def check_flag(value, name: str) -> bool:
+    """An on/off option (``nesterov``, ``amsgrad``): a bool, so a misplaced number or string is caught."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
 def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
     """One of a few option strings (a loss's ``reduction``, GELU's ``approximate``)."""
     if not isinstance(value, str) or value not in choices:

@@ -1,22 +1,30 @@
 """Checkpoints as plain ``.npz`` files: arrays plus one JSON metadata entry, never pickle.
 
-Format (``FORMAT_VERSION`` 1), one ``.npz`` (zip of ``.npy`` files, uncompressed):
+Format (``FORMAT_VERSION`` 2), one ``.npz`` (zip of ``.npy`` files, uncompressed):
 
 ``model/<name>``
     every parameter and buffer of ``model.state_dict()``, as host NumPy arrays
     in the model's dtype (``model/0.weight``, ``model/0.bias``, ...).
 ``optimizer/<name>``
     the array entries of ``optimizer.state_dict()`` (``momentum_buffers.<i>``
-    for SGD, ``first_moments.<i>`` / ``second_moments.<i>`` for Adam).
+    for SGD, ``first_moments.<i>`` / ``second_moments.<i>`` for Adam, ...).
 ``metadata``
     a uint8 array holding UTF-8 JSON: ``format`` (always
     ``"portacnn-checkpoint"``), ``format_version``, ``portacnn_version``,
     ``architecture`` (e.g. ``"lenet"``) and ``architecture_kwargs``,
     ``epoch`` (epochs completed), ``config`` (the training config as a dict),
     ``history`` (one dict per epoch), ``rng`` (the shuffling generator's
-    ``bit_generator.state``, or null), ``optimizer`` (its scalar entries:
-    ``lr``, ``step_count``, plus ``type``), ``scheduler`` (its state dict plus
-    ``type``, or null).
+    ``bit_generator.state``, or null), ``optimizer`` (its other entries:
+    ``step_count``, ``param_groups`` with every group's hyper-parameters,
+    ``steps`` for Adam-like optimizers, plus ``type``), ``scheduler`` (its
+    state dict plus ``type``, or null).
+
+Version 1 (before parameter groups) saved only the optimizer's ``lr`` and
+the scheduler's ``base_lr``; such files still load and resume. A scheduler
+whose state JSON cannot hold (a ``LambdaLR`` given a callable object with
+array attributes, a custom scheduler's object) is refused at save time with
+a ``CheckpointError`` naming the entry; plain functions are not saved at all,
+so resuming needs the same ``lr_lambda`` again.
 
 Every file loads with ``numpy.load(path, allow_pickle=False)``. Saving is
 atomic: the data goes to a temporary file in the same folder, is flushed and
@@ -46,7 +54,7 @@ __all__ = [
 ]
 
 #: The newest checkpoint format this module writes and reads.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: File name of the checkpoint written at the end of every epoch, inside the checkpoint folder.
 LAST = "last.npz"
 _MAGIC = "portacnn-checkpoint"
@@ -82,14 +90,44 @@ def _jsonable(value):
 
 
 def _split_state(state: dict) -> tuple[dict, dict]:
-    """Split a state dict into (JSON scalars, arrays as NumPy)."""
+    """Split a state dict into (JSON values: scalars, lists and dicts such as param_groups; arrays as NumPy)."""
     scalars, arrays = {}, {}
     for name, value in state.items():
-        if value is None or isinstance(value, (bool, int, float, str)):
-            scalars[name] = value
+        if value is None or isinstance(value, (bool, int, float, str, list, tuple, dict)):
+            scalars[name] = _jsonable(value)
         else:
             arrays[name] = to_numpy(value)
     return scalars, arrays
+
+
+def _not_json(value, where: str) -> str | None:
+    """The first entry of ``value`` that JSON cannot hold, as ``where[...]`` with its type, or None."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} (its key {key!r} is a {type(key).__name__}, not a string)"
+            found = _not_json(item, f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _not_json(item, f"{where}[{index}]")
+            if found:
+                return found
+        return None
+    return f"{where} (a {type(value).__name__})"
+
+
+def _require_json(state: dict, what: str) -> None:
+    problem = _not_json(state, what)
+    if problem:
+        raise CheckpointError(
+            f"cannot save the {what}: {problem} cannot be stored in a checkpoint's JSON metadata. Keep only "
+            "numbers, strings, lists and dicts in it (a LambdaLR's plain function is not saved at all, so pass "
+            "the same lr_lambda when resuming; a callable object's attributes are saved and must be JSON)")
 
 
 def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=0, rng=None, config=None, history=(),
@@ -105,10 +143,12 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=0, rng=No
     if optimizer is not None:
         optimizer_meta, optimizer_arrays = _split_state(optimizer.state_dict())
         optimizer_meta["type"] = type(optimizer).__name__
+        _require_json(optimizer_meta, f"{type(optimizer).__name__} optimizer state")
         arrays.update({f"optimizer/{name}": value for name, value in optimizer_arrays.items()})
     if scheduler is not None:
-        scheduler_meta = dict(scheduler.state_dict())
+        scheduler_meta = _jsonable(dict(scheduler.state_dict()))
         scheduler_meta["type"] = type(scheduler).__name__
+        _require_json(scheduler_meta, f"{type(scheduler).__name__} scheduler state")
     metadata = {
         "format": _MAGIC,
         "format_version": FORMAT_VERSION,
@@ -317,6 +357,9 @@ def restore_training_state(checkpoint: dict, model, optimizer=None, scheduler=No
         restore("optimizer", "optimizer",
                 lambda state: optimizer.load_state_dict({k: v for k, v in state.items() if k != "type"}))
     if scheduler is not None:
+        saved_type = (checkpoint.get("scheduler") or {}).get("type")
+        if saved_type is not None and saved_type != type(scheduler).__name__:
+            raise CheckpointError(f"{path} holds {saved_type} state but the scheduler is {type(scheduler).__name__}")
         restore("scheduler", "learning-rate scheduler",
                 lambda state: scheduler.load_state_dict({k: v for k, v in state.items() if k != "type"}))
     if rng is not None:

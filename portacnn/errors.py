@@ -55,6 +55,13 @@ class ModuleKeyError(PortacnnError, KeyError):
         return str(self.args[0]) if self.args else ""  # KeyError would quote the message
 
 
+class NonFiniteError(PortacnnError, RuntimeError):
+    """A value that must be finite is inf or NaN (``clip_grad_norm_(..., error_if_nonfinite=True)``).
+
+    A RuntimeError, as PyTorch raises there.
+    """
+
+
 class CheckpointError(PortacnnError, ValueError):
     """A checkpoint or state dict cannot be loaded into this model."""
 

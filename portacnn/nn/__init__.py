@@ -12,7 +12,7 @@ then moved to the backend, so one seed gives bit-identical weights everywhere.
 One module per family, as PyTorch's ``torch/nn/modules``: ``module``
 (``Module``, ``Parameter``, ``Buffer``), ``conv``, ``linear``, ``pooling``,
 ``activation``, ``normalization``, ``dropout``, ``flatten``, ``container``,
-``loss``.
+``loss``; ``utils`` has gradient clipping.
 """
 
 from .activation import ELU, GELU, Hardswish, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
@@ -25,6 +25,7 @@ from .loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from .module import Buffer, Module, Parameter
 from .normalization import BatchNorm2d
 from .pooling import AvgPool2d, LPPool2d, MaxPool2d
+from . import utils  # noqa: F401 - portacnn.nn.utils (gradient clipping), as torch.nn.utils
 
 __all__ = [
     "Parameter", "Buffer", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "Linear",
