@@ -94,6 +94,10 @@ class Placement:
     def writable_views(self) -> bool:
         return get_backend(self.backend).writable_views
 
+    @property
+    def compiles_steps(self) -> bool:
+        return get_backend(self.backend).compiles_steps
+
     # Compare by spec: device objects such as torch.device("cuda") and
     # torch.device("cuda", 0) differ as objects but are the same place.
     def __eq__(self, other) -> bool:

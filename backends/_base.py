@@ -26,6 +26,10 @@ class Backend(Protocol):
     # writes through to ``x``. The standard leaves that implementation-defined;
     # the math uses it, where True, for a scatter-add with no extra copy.
     writable_views: bool
+    # True where the library can compile a whole training step (forward,
+    # backward, update) into one function: then ``compile_step(function)``
+    # returns that compiled function (jax.jit). Everywhere else the step runs eagerly.
+    compiles_steps: bool
 
     def is_available(self) -> bool: ...
     def version(self) -> str: ...

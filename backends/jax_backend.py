@@ -17,6 +17,7 @@ name = "jax"
 install_hint = "pip install jax (or jax[cuda12] for NVIDIA GPUs)"
 mutable_arrays = False  # JAX arrays are immutable: updates return new arrays
 writable_views = False
+compiles_steps = True  # jax.jit: see compile_step
 
 
 @functools.cache
@@ -25,6 +26,11 @@ def _jax():
 
     jax.config.update("jax_enable_x64", True)  # see the module docstring
     return jax
+
+
+def compile_step(function):
+    """``function`` compiled with ``jax.jit``: traced once per input shape, then one XLA call per step."""
+    return _jax().jit(function)
 
 
 def is_available() -> bool:

@@ -10,6 +10,7 @@ name = "numpy"
 install_hint = "pip install numpy"
 mutable_arrays = True
 writable_views = True
+compiles_steps = False
 
 
 def is_available() -> bool:

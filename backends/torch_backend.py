@@ -12,6 +12,7 @@ name = "torch"
 install_hint = "pip install torch"
 mutable_arrays = True
 writable_views = True
+compiles_steps = False
 
 
 def _torch():

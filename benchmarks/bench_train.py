@@ -18,6 +18,7 @@ Examples::
     python benchmarks/bench_train.py --backends numpy,torch --dtypes float32 --json out.json
     python benchmarks/bench_train.py --seed-preset
     python benchmarks/bench_train.py --backends cupy --reference torch:cuda      # on a GPU machine
+    python benchmarks/bench_train.py --backends jax,numpy --sections train        # JAX compiled, as portacnn train runs it
 
 Both libraries get the same number of threads (``--threads``; torch's
 intra-op threads and the BLAS threads of NumPy), reported in the header.
@@ -70,6 +71,8 @@ def parse_args(argv=None):
                         help=f"which sections to run (default: {','.join(SECTIONS)})")
     parser.add_argument("--seed-preset", action="store_true", help="only estimate `portacnn train --preset seed`")
     parser.add_argument("--quick", action="store_true", help="small settings that finish in under a minute")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="run JAX eagerly too (by default its steps are compiled, as `portacnn train` does)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -129,9 +132,12 @@ def portacnn_model(spec: str, dtype: str):
     return lenet(seed=SEED, dtype=dtype, device=spec)
 
 
-def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM, weight_decay=0.0):
-    """(step, sync) for the training step exactly as a user writes it."""
+def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM, weight_decay=0.0,
+                        compile_steps=True):
+    """(step, sync) for the training step exactly as a user writes it; compiled where
+    ``portacnn train`` compiles it (JAX), unless ``compile_steps`` is False."""
     from portacnn.backends import synchronize, to_device
+    from portacnn.compiled import CompiledTrainStep, can_compile
     from portacnn.nn import CrossEntropyLoss
     from portacnn.optim import SGD
 
@@ -139,9 +145,13 @@ def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM
     optimizer = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     next_batch = cycler([(to_device(x, spec), to_device(y, spec)) for x, y in host_batches])
     model.train()
+    compiled = CompiledTrainStep(model, loss_fn, optimizer) if compile_steps and can_compile(model) else None
 
     def step():
         x, y = next_batch()
+        if compiled is not None:
+            compiled(x, y)
+            return
         loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -153,15 +163,20 @@ def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM
     return step, sync
 
 
-def portacnn_infer_step(model, spec: str, host_batches):
+def portacnn_infer_step(model, spec: str, host_batches, compile_steps=True):
     from portacnn import no_grad
     from portacnn.backends import synchronize, to_device
+    from portacnn.compiled import can_compile, compiled_forward
 
     next_batch = cycler([to_device(x, spec) for x, _ in host_batches])
     model.eval()
     last = []
+    forward = compiled_forward(model) if compile_steps and can_compile(model) else None
 
     def step():
+        if forward is not None:
+            last[:] = [forward(next_batch())]
+            return
         with no_grad():  # as torch's reference
             last[:] = [model(next_batch()).data]
 
@@ -244,11 +259,14 @@ def compare(spec, reference, dtype, batch, calls, args, kind: str) -> dict:
     model = portacnn_model(spec, dtype)
     ref_model = torch_lenet(model, dtype, device)
     if kind == "train":
-        ours = portacnn_train_step(model, spec, host)
+        ours = portacnn_train_step(model, spec, host, compile_steps=not args.no_compile)
         theirs = torch_train_step(ref_model, device, host)
     else:
-        ours = portacnn_infer_step(model, spec, host)
+        ours = portacnn_infer_step(model, spec, host, compile_steps=not args.no_compile)
         theirs = torch_infer_step(ref_model, device, host)
+    from portacnn.compiled import can_compile
+
+    label = spec + (" (compiled)" if not args.no_compile and can_compile(model) else "")
     # Inference batches are large: a second warm-up call lets the allocator settle.
     warmup = args.warmup if kind == "train" else max(2, args.warmup)
     for fn, sync in (ours, theirs):
@@ -256,7 +274,7 @@ def compare(spec, reference, dtype, batch, calls, args, kind: str) -> dict:
     times = common.interleaved({"portacnn": ours, "reference": theirs}, args.repeats, calls)
     rate = {name: batch * calls / common.median(t) for name, t in times.items()}
     return {
-        "backend": spec, "reference": reference, "dtype": dtype, "batch_size": batch,
+        "backend": label, "reference": reference, "dtype": dtype, "batch_size": batch,
         "steps_per_repeat": calls, "repeats": args.repeats,
         "portacnn_images_per_s": rate["portacnn"], "reference_images_per_s": rate["reference"],
         "ratio": rate["portacnn"] / rate["reference"],

@@ -60,6 +60,9 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves as a PNG (needs matplotlib)")
     parser.add_argument("--metrics-out", metavar="PATH", help="write the metrics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="run every step eagerly, op by op, even where the backend can compile a whole step "
+                             "into one function (JAX compiles by default)")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel across the processes of an MPI job: mpiexec -n N portacnn train "
                              "--distributed ... (needs mpi4py: pip install 'portacnn[mpi]'); --batch-size stays the "
@@ -75,7 +78,7 @@ def _run_train(args) -> int:
         weight_decay=args.weight_decay, lr_step=args.lr_step, lr_gamma=args.lr_gamma, train_size=args.train_size,
         test_size=args.test_size, dtype=args.dtype, seed=args.seed, data_dir=args.data_dir,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, plot=args.plot, metrics_out=args.metrics_out,
-        quiet=args.quiet, preset=args.preset, distributed=args.distributed)
+        quiet=args.quiet, preset=args.preset, distributed=args.distributed, compile=args.compile)
     metrics = train(config)
     if not args.quiet and _lead():
         accuracy = metrics["test_accuracy"]

@@ -1,5 +1,8 @@
 """``portacnn parity``: every op and a short training run on every backend, against NumPy float64.
 
+Where a backend compiles whole training steps (JAX), three compiled steps
+are also compared with the same steps run eagerly on that backend.
+
 For each available backend (and device), each dtype and each case, the inputs
 are drawn on the host, rounded to the dtype, moved to the backend, run, moved
 back and compared with the same computation in NumPy float64 on the same
@@ -314,6 +317,48 @@ def check_training(spec, dtype: str, seed: int = 0) -> Result:
                   rtol, atol)
 
 
+def check_compiled_training(spec, dtype: str, seed: int = 0) -> Result:
+    """Three SGD steps with momentum as compiled steps vs the same steps run eagerly, on one backend."""
+    from .compiled import CompiledTrainStep
+    from .models import lenet
+    from .nn import CrossEntropyLoss
+    from .optim import SGD
+
+    placement = parse_spec(spec)
+    initial = {k: to_numpy(v) for k, v in lenet(seed=seed, dtype=dtype, device="numpy").state_dict().items()}
+    rtol, atol = TOLERANCES[dtype]
+
+    def run(compiled: bool):
+        model = lenet(seed=seed, dtype=dtype, device=placement)
+        model.load_state_dict(initial)
+        loss_fn = CrossEntropyLoss(check_labels=False)
+        optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        step = CompiledTrainStep(model, loss_fn, optimizer) if compiled else None
+        rng = numpy.random.default_rng(seed + 1)
+        losses = []
+        for _ in range(3):
+            images = to_device(rng.standard_normal((8, 1, 28, 28)).astype(dtype), placement)
+            labels = to_device(rng.integers(0, 10, 8), placement)
+            if step is not None:
+                loss, _ = step(images, labels)
+            else:
+                loss_tensor = loss_fn(model(images), labels)
+                optimizer.zero_grad()
+                loss_tensor.backward()
+                optimizer.step()
+                loss = loss_tensor.data
+            losses.append(to_numpy(loss).reshape(1))
+        return [numpy.concatenate(losses)] + [to_numpy(v) for v in model.state_dict().values()]
+
+    try:
+        compiled, eager = run(True), run(False)
+    except Exception as error:  # noqa: BLE001 - the report shows any failure as a row
+        return Result(placement.spec, dtype, "lenet_3_sgd_compiled", float("nan"), float("nan"), False,
+                      f"{type(error).__name__}: {error}", rtol, atol)
+    return Result(placement.spec, dtype, "lenet_3_sgd_compiled", *_compare(compiled, eager, rtol, atol), "",
+                  rtol, atol)
+
+
 def backend_specs() -> list[str]:
     """Every backend and device usable here, e.g. ``array_api_strict:device1``.
 
@@ -340,6 +385,8 @@ def run_parity(specs=None, dtypes=("float64", "float32"), out=None, include_trai
             results.extend(check_op(name, spec, dtype) for name in names)
             if include_training:
                 results.append(check_training(spec, dtype))
+                if parse_spec(spec).compiles_steps:
+                    results.append(check_compiled_training(spec, dtype))
     results.sort(key=lambda r: r.passed)  # stable: failures first, otherwise in run order
     header = (f"{'backend':<28} {'dtype':<8} {'case':<20} {'max abs diff':>13} {'max rel diff':>13} "
               f"{'rtol':>8} {'atol':>8}  result")

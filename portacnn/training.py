@@ -50,6 +50,7 @@ import numpy
 
 from .autograd import no_grad
 from .backends import get_backend, parse_spec, placement_of, to_device, to_numpy
+from .compiled import CompiledTrainStep, can_compile, compiled_forward
 from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint
 from .files import atomic_write
 from .errors import ArgumentError, CheckpointError, PortacnnError, ShapeError
@@ -100,6 +101,9 @@ class TrainConfig:
     ``load_mnist``'s default folder. ``checkpoint_dir`` None disables
     checkpoints (and so ``resume``). ``distributed`` trains data-parallel
     across the processes of an MPI job (a no-op in a single process).
+    ``compile`` runs each training step and evaluation batch as one compiled
+    function where the backend can (JAX; see ``portacnn.compiled``), and
+    eagerly elsewhere, or when the run is distributed.
     """
 
     backend: str | None = None
@@ -122,6 +126,7 @@ class TrainConfig:
     quiet: bool = False
     preset: str = DEFAULT_PRESET
     distributed: bool = False
+    compile: bool = True
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -152,6 +157,8 @@ class TrainConfig:
             raise ConfigError(f"lr_gamma must be positive, got {self.lr_gamma!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be True or False, got {self.compile!r}")
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume needs a checkpoint folder: pass checkpoint_dir (--checkpoint-dir)")
 
@@ -187,12 +194,14 @@ def _model_placement(model):
 EVAL_BATCH_SIZE = 250
 
 
-def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE):
+def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE, compile: bool = True):
     """Mean cross-entropy, accuracy and predicted classes of ``model`` on host arrays.
 
     ``images`` (N, 1, 28, 28) uint8 or float, ``labels`` (N,) integers, both
     NumPy. Runs in eval mode (restoring the previous mode) in batches of
-    ``batch_size``; reads results back from the device once. Returns
+    ``batch_size``; reads results back from the device once. With
+    ``compile`` (the default) the forward is one compiled function where the
+    backend can compile (JAX). Returns
     ``(loss: float, accuracy: float, predictions: numpy int64 array)``.
     """
     from . import functional as F
@@ -204,13 +213,17 @@ def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE):
         raise ShapeError(f"evaluate needs as many labels as images (and at least one), got {len(images)} and {len(labels)}")
     was_training = model.training
     model.eval()
+    forward = compiled_forward(model) if compile and can_compile(model) else None
     loss_sums, all_logits = [], []
     try:
         for start in range(0, len(labels), batch_size):
             x = to_device(prepare_images(images[start:start + batch_size], dtype), placement)
             y = to_device(labels[start:start + batch_size].astype(LABEL_DTYPE), placement)
-            with no_grad():
-                logits = model(x).data
+            if forward is not None:
+                logits = forward(x)
+            else:
+                with no_grad():
+                    logits = model(x).data
             loss_sums.append(F.cross_entropy(logits, y, check_labels=False) * y.shape[0])
             all_logits.append(logits)
         loss = float(numpy.sum(to_numpy(xp.stack(loss_sums)).astype(numpy.float64))) / len(labels)
@@ -353,12 +366,15 @@ def _flush(xp, pending_losses, pending_logits, pending_labels, epoch, first_step
 
 # NumPy would warn about overflow before the loss turns NaN; _flush reports that clearly instead.
 @numpy.errstate(over="ignore", invalid="ignore")
-def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed=None):
+def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed=None,
+                 compiled_step=None):
     """One epoch of steps → (mean train loss, train accuracy).
 
     With ``distributed`` (the module, in a multi-process job) this process
     trains on its shard of each global batch and the gradients are averaged
-    across processes before every optimizer step.
+    across processes before every optimizer step. With ``compiled_step`` (a
+    ``CompiledTrainStep``, never together with ``distributed``) each step is
+    one compiled call.
     """
     xp, n = placement.namespace, len(order)
     model.train()
@@ -377,17 +393,22 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
                 x = to_device(prepare_images(images[local], config.dtype), placement)
                 host_labels = labels[local].astype(LABEL_DTYPE)
                 y = to_device(host_labels, placement)
-                logits = model(x)
-                loss = loss_fn(logits, y)  # the mean over this process's images ...
-                loss.backward()
-                pending_losses.append(loss.data)
-                pending_logits.append(logits.data)
+                if compiled_step is not None:  # forward, backward and update in one compiled call
+                    loss, logits = compiled_step(x, y)
+                else:
+                    logits_tensor = model(x)
+                    loss_tensor = loss_fn(logits_tensor, y)  # the mean over this process's images ...
+                    loss_tensor.backward()
+                    loss, logits = loss_tensor.data, logits_tensor.data
+                pending_losses.append(loss)
+                pending_logits.append(logits)
                 pending_labels.append(host_labels)
-            if distributed is not None:
-                # ... so each gradient counts by its share of the batch: the sum is the batch mean's gradient.
-                distributed.allreduce_gradients(model, weight=len(local) / len(index))
-            optimizer.step()
-            optimizer.zero_grad()
+            if compiled_step is None:
+                if distributed is not None:
+                    # ... so each gradient counts by its share of the batch: the sum is the batch mean's gradient.
+                    distributed.allreduce_gradients(model, weight=len(local) / len(index))
+                optimizer.step()
+                optimizer.zero_grad()
 
             bar.update(len(index))
             if step % SYNC_EVERY == 0 or step == steps:
@@ -540,22 +561,27 @@ def _train(config: TrainConfig) -> dict:
             "wall_seconds": time.perf_counter() - started,
         }
 
+    compiled_step = (CompiledTrainStep(model, loss_fn, optimizer)
+                     if config.compile and distributed is None and can_compile(model) else None)
     where = placement.spec if distributed is None else (
         f"{distributed.world_size()} MPI processes ({placement.spec} on rank 0), data-parallel")
+    if compiled_step is not None:
+        where += " (each step compiled; --no-compile to run eagerly)"
     _say(config, f"training LeNet on {where}; {_plan(config)}")
     for epoch in range(start_epoch + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
         order = rng.permutation(len(train_labels))
         try:
             train_loss, train_accuracy = _train_epoch(
-                model, loss_fn, optimizer, train_images, train_labels, order, config, placement, epoch, distributed)
+                model, loss_fn, optimizer, train_images, train_labels, order, config, placement, epoch, distributed,
+                compiled_step)
         except TrainingDivergedError as error:
             raise TrainingDivergedError(f"{error}{_checkpoint_note(config)}") from None
         lr = optimizer.lr
         scheduler.step()
         with numpy.errstate(over="ignore", invalid="ignore"):
             if distributed is None:
-                test_loss, test_accuracy, _ = evaluate(model, test_images, test_labels)
+                test_loss, test_accuracy, _ = evaluate(model, test_images, test_labels, compile=config.compile)
             else:
                 test_loss, test_accuracy = _evaluate_distributed(model, test_images, test_labels)
         if not (math.isfinite(test_loss) and math.isfinite(train_loss)):

@@ -314,3 +314,11 @@ def test_plugin_gives_a_project_backend_xp_and_case_fixtures_and_markers(tmp_pat
 def test_plugin_refuses_an_unknown_backend(tmp_path):
     code, output = _run_user_tests(tmp_path, "--portacnn-backends=numpy,tensorflow")
     assert code != 0 and "tensorflow" in output and "valid:" in output
+
+
+def test_assert_close_needs_the_same_infinity_and_takes_python_numbers():
+    with pytest.raises(AssertionError, match="worst at index"):
+        assert_close(np.array([0.0, -np.inf]), np.array([np.inf, np.inf]))
+    assert_close(2.5, 2.5)
+    with pytest.raises(AssertionError):
+        assert_close(2.5, 2.6)

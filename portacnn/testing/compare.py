@@ -23,11 +23,16 @@ TOLERANCES = {
 
 
 def _host(value) -> numpy.ndarray:
-    return to_numpy(value) if not isinstance(value, numpy.ndarray) else value
+    if isinstance(value, numpy.ndarray):
+        return value
+    if isinstance(value, (int, float, complex, numpy.generic)):
+        return numpy.asarray(value)
+    return to_numpy(value)
 
 
 def _dtype_name(value) -> str:
-    return str(value.dtype).rsplit(".", 1)[-1]
+    dtype = getattr(value, "dtype", None)
+    return "float64" if dtype is None else str(dtype).rsplit(".", 1)[-1]
 
 
 def default_tolerance(actual) -> tuple[float, float]:
@@ -54,7 +59,8 @@ def close_report(actual, expected, rtol=None, atol=None, name: str = "array") ->
     with numpy.errstate(invalid="ignore", over="ignore"):  # inf - inf: equal infinities are matched below
         difference = numpy.abs(got - want)
         same_special = (got == want) | (numpy.isnan(got) & numpy.isnan(want))
-        bad = ~same_special & ~(difference <= allowed)
+        # Where the reference is inf or nan only the same value will do (rtol x inf would allow anything).
+        bad = ~same_special & (~numpy.isfinite(want) | ~(difference <= allowed))
         if not bad.any():
             return None
         excess = numpy.where(bad, numpy.nan_to_num(difference / numpy.maximum(allowed, 1e-300), nan=numpy.inf), -1.0)

@@ -1,0 +1,180 @@
+"""Compiled steps: a whole training step (or an eval forward) as one compiled function, where the backend can.
+
+JAX runs portacnn eagerly one small op at a time, which is slow; but the
+tape never reads an array's value, so the same Python step (forward,
+``loss.backward()``, ``optimizer.step()``) traces under ``jax.jit`` into one
+XLA program. These wrappers pass everything the step reads and writes
+through the compiled function as arrays (parameters, buffers, optimizer
+state, each parameter group's learning rate and the step count) and put the
+results back, so the
+model and optimizer look exactly as after an eager step:
+
+    step = CompiledTrainStep(model, loss_fn, optimizer)
+    loss, logits = step(x, y)          # arrays; model and optimizer are updated
+
+A new input shape compiles once more, and each compiled shape is kept: the
+last, smaller batch of an epoch compiles on the first epoch only. Optimizer
+hyper-parameters other than the learning rate (momentum, betas, weight
+decay, so also OneCycleLR's momentum cycling) are read when a shape is first
+compiled. Dropout draws its masks on
+the host, which a compiled step would freeze into constants, so models with
+active dropout are refused; train them eagerly (``--no-compile``).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from .autograd import no_grad
+from .backends import get_backend, placement_of
+from .errors import UsageError
+
+__all__ = ["CompiledTrainStep", "compiled_forward", "can_compile"]
+
+
+def _placement(model):
+    parameters = model.parameters()
+    if not parameters:
+        raise UsageError("a compiled step needs a model with parameters")
+    return placement_of(parameters[0].data)
+
+
+def can_compile(model) -> bool:
+    """Whether ``model``'s backend compiles whole steps (JAX) and nothing in it stops that (active dropout)."""
+    return _placement(model).compiles_steps and not _active_dropout(model)
+
+
+def _active_dropout(model) -> bool:
+    from .nn import Dropout
+
+    return any(isinstance(m, Dropout) and m.p > 0 for m in model.modules())
+
+
+def _model_state(model):
+    return [p.data for p in model.parameters()], [b.data for _, b in model.named_buffers()]
+
+
+def _load_model_state(model, params, buffers):
+    for parameter, value in zip(model.parameters(), params):
+        parameter.data = value
+    for (_, buffer), value in zip(model.named_buffers(), buffers):
+        buffer.data = value
+
+
+class CompiledTrainStep:
+    """``step(x, y) -> (loss, logits)``: forward, backward and ``optimizer.step()`` as one compiled function.
+
+    The same result as the eager step, to rounding (the parity suite checks
+    three SGD steps with momentum at rtol 1e-10 in float64). Gradients stay
+    inside the compiled function: ``param.grad`` is None afterwards.
+    """
+
+    def __init__(self, model, loss_fn, optimizer):
+        placement = _placement(model)
+        if not placement.compiles_steps:
+            raise UsageError(f"{placement.spec} cannot compile a training step (only JAX can); run the step eagerly")
+        if _active_dropout(model):
+            raise UsageError("a compiled training step cannot use Dropout (its masks are drawn on the host and "
+                             "would be frozen into the compiled step); train this model eagerly (--no-compile)")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self._xp = placement.namespace
+        self._dtype = model.parameters()[0].data.dtype
+        self._compile = get_backend(placement.backend).compile_step
+        self._compiled_by_mode = {}
+
+    def _compiled(self, *arrays):
+        # train()/eval() is Python state the trace bakes in, so each mode gets
+        # its own function (JAX caches traces by function, not by our flags).
+        mode = self.model.training
+        compiled = self._compiled_by_mode.get(mode)
+        if compiled is None:
+            def step_in_this_mode(*args):
+                return self._pure_step(*args)
+            compiled = self._compiled_by_mode[mode] = self._compile(step_in_this_mode)
+        return compiled(*arrays)
+
+    def _optimizer_state(self):
+        return {name: list(getattr(self.optimizer, name)) for name in self.optimizer._state_names}
+
+    def _load_optimizer_state(self, state):
+        for name, values in state.items():
+            setattr(self.optimizer, name, list(values))
+
+    def _set_rates(self, rates):
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
+
+    def _pure_step(self, params, buffers, optimizer_state, rates, step_count, x, y):
+        _load_model_state(self.model, params, buffers)
+        self._load_optimizer_state(optimizer_state)
+        # The groups' rates and the step count are traced arrays, so a
+        # scheduler's new rate or Adam's bias correction needs no new compilation.
+        self._set_rates(rates)
+        self.optimizer.step_count = step_count
+        self.optimizer.zero_grad()
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        params, buffers = _model_state(self.model)
+        return params, buffers, self._optimizer_state(), loss.data, logits.data
+
+    def __call__(self, x, y):
+        optimizer, xp = self.optimizer, self._xp
+        rates = [group["lr"] for group in optimizer.param_groups]
+        step_count = optimizer.step_count
+        params, buffers = _model_state(self.model)
+        optimizer_state = self._optimizer_state()
+        try:
+            new_params, new_buffers, new_optimizer_state, loss, logits = self._compiled(
+                params, buffers, optimizer_state, [xp.asarray(rate, dtype=self._dtype) for rate in rates],
+                xp.asarray(step_count, dtype=self._dtype), x, y)
+        except BaseException:
+            # Tracing ran the step on placeholders: put the real arrays back.
+            _load_model_state(self.model, params, buffers)
+            self._load_optimizer_state(optimizer_state)
+            raise
+        finally:
+            self._set_rates(rates)
+            optimizer.step_count = step_count
+            self.optimizer.zero_grad()
+        _load_model_state(self.model, new_params, new_buffers)
+        self._load_optimizer_state(new_optimizer_state)
+        optimizer.step_count = step_count + 1
+        return loss, logits
+
+
+class _CompiledForward:
+    def __init__(self, model):
+        placement = _placement(model)
+        self.model = weakref.proxy(model)
+        self._compiled = {}  # train/eval mode -> compiled function (the mode is Python state, not traced)
+        self._compile = get_backend(placement.backend).compile_step
+
+    def _pure_forward(self, params, buffers, x):
+        _load_model_state(self.model, params, buffers)
+        with no_grad():
+            return self.model(x).data
+
+    def __call__(self, x):
+        mode = self.model.training
+        if mode not in self._compiled:
+            def forward_in_this_mode(params, buffers, x):  # a function per mode: see CompiledTrainStep._compiled
+                return self._pure_forward(params, buffers, x)
+            self._compiled[mode] = self._compile(forward_in_this_mode)
+        params, buffers = _model_state(self.model)
+        try:
+            return self._compiled[mode](params, buffers, x)
+        finally:
+            _load_model_state(self.model, params, buffers)
+
+
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(model):
+    """``forward(x) -> logits array`` without a graph, compiled; kept per model so each shape compiles once."""
+    forward = _FORWARDS.get(model)
+    if forward is None:
+        forward = _FORWARDS[model] = _CompiledForward(model)
+    return forward
