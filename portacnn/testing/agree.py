@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import numpy
 
 from ..autograd import tensor
@@ -53,8 +55,9 @@ def _run(subject: Subject, hosts, spec, dtype, weights_seed, *, read_only):
     return results, leaves, []
 
 
-def assert_backends_agree(fn_or_model_factory, *host_inputs, backends=None, dtypes=("float64", "float32"),
-                          rtol=None, atol=None, seed: int = 0):
+def assert_backends_agree(fn_or_model_factory: Callable[..., Any], *host_inputs: Any,
+                          backends: Sequence[str] | None = None, dtypes: Sequence[str] = ("float64", "float32"),
+                          rtol: float | None = None, atol: float | None = None, seed: int = 0) -> None:
     """Run forward and backward on every backend from the same host inputs; compare with NumPy float64.
 
     ``fn_or_model_factory`` is a ``Function`` subclass, a function of Tensors,

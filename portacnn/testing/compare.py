@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy
 
 from ..backends import to_numpy
@@ -35,12 +37,13 @@ def _dtype_name(value) -> str:
     return "float64" if dtype is None else str(dtype).rsplit(".", 1)[-1]
 
 
-def default_tolerance(actual) -> tuple[float, float]:
+def default_tolerance(actual: Any) -> tuple[float, float]:
     """The ``(rtol, atol)`` of ``actual``'s dtype (float64's for anything not listed)."""
     return TOLERANCES.get(_dtype_name(actual), TOLERANCES["float64"])
 
 
-def close_report(actual, expected, rtol=None, atol=None, name: str = "array") -> str | None:
+def close_report(actual: Any, expected: Any, rtol: float | None = None, atol: float | None = None,
+                 name: str = "array") -> str | None:
     """None when ``actual`` (any backend) matches ``expected`` (any backend or host); else why not.
 
     The report names the worst entry: its index, both values, the absolute
@@ -72,7 +75,8 @@ def close_report(actual, expected, rtol=None, atol=None, name: str = "array") ->
             f"rtol {rtol:g}, atol {atol:g} x scale {scale:.3g})")
 
 
-def assert_close(actual, expected, rtol=None, atol=None, *, name: str = "array") -> None:
+def assert_close(actual: Any, expected: Any, rtol: float | None = None, atol: float | None = None, *,
+                 name: str = "array") -> None:
     """Assert ``actual`` (an array of any backend, or a Tensor) equals ``expected`` within tolerance.
 
     ``rtol``/``atol`` default to ``TOLERANCES`` for ``actual``'s dtype;

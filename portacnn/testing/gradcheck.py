@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import numpy
 
 from ..autograd import no_grad, tensor
@@ -16,7 +18,9 @@ __all__ = ["gradcheck"]
 _DEFAULTS = {"float64": (1e-6, 1e-5, 1e-8), "float32": (1e-2, 2e-2, 1e-3)}
 
 
-def gradcheck(fn, *inputs, eps=None, rtol=None, atol=None, backends=None, max_checks: int = 32, seed: int = 0):
+def gradcheck(fn: Callable[..., Any], *inputs: Any, eps: float | None = None, rtol: float | None = None,
+              atol: float | None = None, backends: Sequence[str] | None = None, max_checks: int = 32,
+              seed: int = 0) -> bool:
     """Check the tape's gradient of ``fn`` against central finite differences; returns True or raises.
 
     ``fn`` is a ``Function`` subclass (called with ``apply``), a ``Module``
