@@ -311,23 +311,26 @@ def _allreduce_cupy(flat):
 def broadcast_parameters(model, root: int = 0) -> None:
     """Overwrite every rank's parameters (and buffers, such as batch-norm statistics) with rank ``root``'s.
 
-    One flat buffer through host memory; meant for start-up. In a single process this does nothing.
+    One flat buffer per dtype through host memory; meant for start-up. In a single process this does nothing.
     """
     if _state.size <= 1:
         return
     holders = _parameters(model)
     if hasattr(model, "named_buffers"):
         holders = holders + [buffer for _, buffer in model.named_buffers()]
-    if not holders:
-        return
-    arrays = [holder.data for holder in holders]
-    placement = placement_of(arrays[0])
-    flat, xp = _flatten(arrays)
-    host = _host(flat)
-    _state.comm.Bcast(host, root=root)
-    flat = host if placement.backend == "numpy" else to_device(host, placement)
-    for holder, data in zip(holders, _unflatten(xp, flat, arrays)):
-        holder.data = data
+    # One flat buffer per dtype: batch norm's num_batches_tracked is an integer.
+    by_dtype: dict[str, list] = {}
+    for holder in holders:
+        by_dtype.setdefault(str(holder.data.dtype), []).append(holder)
+    for group in by_dtype.values():
+        arrays = [holder.data for holder in group]
+        placement = placement_of(arrays[0])
+        flat, xp = _flatten(arrays)
+        host = _host(flat)
+        _state.comm.Bcast(host, root=root)
+        flat = host if placement.backend == "numpy" else to_device(host, placement)
+        for holder, data in zip(group, _unflatten(xp, flat, arrays)):
+            holder.data = data
 
 
 def _digest(model, extra: bytes) -> str:

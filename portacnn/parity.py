@@ -70,6 +70,34 @@ def _pool_case(forward, backward, *, positive=False, p=None):
     return make
 
 
+def _pool_options_case(forward, backward, **options):
+    """A pool with ceil_mode / count_include_pad on an odd 9x8 input (distinct values: no max ties)."""
+    def make(rng):
+        x = rng.permutation(2 * 3 * 9 * 8).reshape(2, 3, 9, 8) / 50.0 - 2.0
+        g = rng.standard_normal(forward(x, 3, 2, 1, **options).shape)
+        return (x, g), lambda x, g: (forward(x, 3, 2, 1, **options), backward(g, x, 3, 2, 1, **options))
+    return make
+
+
+def _adaptive_case(forward, backward):
+    def make(rng):
+        x = rng.permutation(2 * 3 * 7 * 5).reshape(2, 3, 7, 5) / 50.0 - 2.0
+        g = rng.standard_normal((2, 3, 3, 2))
+        return (x, g), lambda x, g: (forward(x, (3, 2)), backward(g, x, (3, 2)))
+    return make
+
+
+def _weighted_cross_entropy_case(rng):
+    logits, labels = rng.standard_normal((6, 10)) * 4, rng.integers(0, 10, 6)
+    weight, g = rng.uniform(0.2, 2.0, 10), rng.standard_normal(6)
+    options = {"reduction": "none", "label_smoothing": 0.1}
+
+    def run(z, y, w, g):
+        return (F.cross_entropy(z, y, weight=w, **options),
+                F.cross_entropy_backward(z, y, weight=w, grad_out=g, **options))
+    return (logits, labels, weight, g), run
+
+
 def _linear_case(rng):
     x, w, b, g = (rng.standard_normal(s) for s in ((5, 7), (3, 7), (3,), (5, 3)))
     return (x, w, b, g), lambda x, w, b, g: (F.linear(x, w, b), *F.linear_backward(g, x, w))
@@ -114,6 +142,24 @@ def _batch_norm_case(training):
     return make
 
 
+def _layer_norm_case(rng):
+    x, g = rng.standard_normal((3, 4, 5, 6)), rng.standard_normal((3, 4, 5, 6))
+    weight, bias = rng.standard_normal((5, 6)), rng.standard_normal((5, 6))
+
+    def run(x, g, weight, bias):
+        return (F.layer_norm(x, (5, 6), weight, bias), *F.layer_norm_backward(g, x, (5, 6), weight))
+    return (x, g, weight, bias), run
+
+
+def _group_norm_case(rng):
+    x, g = rng.standard_normal((3, 6, 5, 4)), rng.standard_normal((3, 6, 5, 4))
+    weight, bias = rng.standard_normal(6), rng.standard_normal(6)
+
+    def run(x, g, weight, bias):
+        return (F.group_norm(x, 3, weight, bias), *F.group_norm_backward(g, x, 3, weight))
+    return (x, g, weight, bias), run
+
+
 def _dropout_case(rng):
     x, g = rng.standard_normal((4, 8)), rng.standard_normal((4, 8))
     mask = F.dropout_mask(x.shape, 0.3, rng)
@@ -124,6 +170,11 @@ CASES = {
     "conv2d": _conv_case,
     "max_pool2d": _pool_case(F.max_pool2d, F.max_pool2d_backward),
     "avg_pool2d": _pool_case(F.avg_pool2d, F.avg_pool2d_backward),
+    "max_pool2d_ceil": _pool_options_case(F.max_pool2d, F.max_pool2d_backward, ceil_mode=True),
+    "avg_pool2d_ceil_exclude_pad": _pool_options_case(F.avg_pool2d, F.avg_pool2d_backward, ceil_mode=True,
+                                                      count_include_pad=False),
+    "adaptive_avg_pool2d": _adaptive_case(F.adaptive_avg_pool2d, F.adaptive_avg_pool2d_backward),
+    "adaptive_max_pool2d": _adaptive_case(F.adaptive_max_pool2d, F.adaptive_max_pool2d_backward),
     "lp_pool2d": _pool_case(F.lp_pool2d, F.lp_pool2d_backward, positive=True, p=3.0),
     "linear": _linear_case,
     "relu": _elementwise_case(F.relu, F.relu_backward),
@@ -139,6 +190,7 @@ CASES = {
     "silu": _elementwise_case(F.silu, F.silu_backward),
     "hardswish": _elementwise_case(F.hardswish, F.hardswish_backward),
     "cross_entropy": _cross_entropy_case,
+    "cross_entropy_weighted_smoothed": _weighted_cross_entropy_case,
     "nll_loss": _loss_case(F.nll_loss, F.nll_loss_backward, lambda rng: rng.integers(0, 7, 5), "mean"),
     "mse_loss": _loss_case(F.mse_loss, F.mse_loss_backward, lambda rng: rng.standard_normal((5, 7)), "mean"),
     "l1_loss": _loss_case(F.l1_loss, F.l1_loss_backward, lambda rng: rng.standard_normal((5, 7)), "sum"),
@@ -146,6 +198,8 @@ CASES = {
                                   lambda rng: rng.uniform(0.0, 1.0, (5, 7)), "none"),
     "batch_norm_train": _batch_norm_case(True),
     "batch_norm_eval": _batch_norm_case(False),
+    "layer_norm": _layer_norm_case,
+    "group_norm": _group_norm_case,
     "dropout": _dropout_case,
 }
 

@@ -137,6 +137,19 @@ def run_primitives(out: str) -> None:
         for name, param in model.named_parameters():
             reference = dict(lenet(seed=0, dtype="float64").named_parameters())[name].data
             np.testing.assert_array_equal(to_numpy(param.data), reference, err_msg=f"{spec} broadcast {name}")
+        # Buffers of another dtype (batch norm's integer num_batches_tracked) travel too, keeping their dtype.
+        from portacnn import nn
+
+        normed = nn.Sequential(nn.Conv2d(1, 2, 3, rng=rank, dtype="float64", device=spec),
+                               nn.BatchNorm2d(2, dtype="float64", device=spec))
+        if rank == 0:
+            normed(to_device(np.random.default_rng(0).standard_normal((2, 1, 5, 5)), spec))
+        distributed.broadcast_parameters(normed)
+        state = {name: to_numpy(value) for name, value in normed.state_dict().items()}
+        _check(state["1.num_batches_tracked"].dtype.kind == "i", f"{spec} counter dtype {state['1.num_batches_tracked'].dtype}")
+        summary = [float(np.sum(value)) for value in state.values()]
+        _check(distributed.allgather(summary)[0] == summary and int(state["1.num_batches_tracked"]) == 1,
+               f"{spec} batch-norm state after broadcast: {summary}")
 
         # Weighted sum of each rank's gradient; rank 1 has no gradient for the last parameter (counts as zero).
         def gradient(r, index, shape):

@@ -231,7 +231,7 @@ def test_state_dict_names_and_round_trip():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, rng=0), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3, rng=1))
     names = list(model.state_dict())
     assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias",
-                     "1.running_mean", "1.running_var"]
+                     "1.running_mean", "1.running_var", "1.num_batches_tracked"]
     other = nn.Sequential(nn.Conv2d(1, 2, 3, rng=5), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3, rng=6))
     other.load_state_dict({k: to_numpy(v) for k, v in model.state_dict().items()})
     for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):

@@ -31,13 +31,13 @@ class Conv2d(Function):
 
 
 class MaxPool2d(Function):
-    def forward(self, x, *, kernel_size, stride=None, padding=0):
-        out = F.max_pool2d(x, kernel_size, stride, padding)
-        self.x, self.out, self.options = x, out, (kernel_size, stride, padding)
+    def forward(self, x, *, kernel_size, stride=None, padding=0, ceil_mode=False):
+        out = F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+        self.x, self.out, self.options, self.ceil_mode = x, out, (kernel_size, stride, padding), ceil_mode
         return out
 
     def backward(self, grad):
-        return F.max_pool2d_backward(grad, self.x, *self.options, forward_output=self.out)
+        return F.max_pool2d_backward(grad, self.x, *self.options, ceil_mode=self.ceil_mode, forward_output=self.out)
 
 
 class _KeepsInput(Function):
@@ -55,6 +55,14 @@ class _KeepsInput(Function):
 
 class AvgPool2d(_KeepsInput):
     _forward, _backward = staticmethod(F.avg_pool2d), staticmethod(F.avg_pool2d_backward)
+
+
+class AdaptiveAvgPool2d(_KeepsInput):
+    _forward, _backward = staticmethod(F.adaptive_avg_pool2d), staticmethod(F.adaptive_avg_pool2d_backward)
+
+
+class AdaptiveMaxPool2d(_KeepsInput):
+    _forward, _backward = staticmethod(F.adaptive_max_pool2d), staticmethod(F.adaptive_max_pool2d_backward)
 
 
 class LPPool2d(_KeepsInput):
@@ -111,13 +119,19 @@ class Linear(Function):
 
 
 class CrossEntropy(Function):
-    def forward(self, logits, labels, *, check_labels=True):
-        self.logits, self.labels = logits, labels
-        return F.cross_entropy(logits, labels, check_labels=check_labels)
+    """Inputs ``(logits, labels, weight)``; the class weights are constants (no gradient)."""
+
+    def forward(self, logits, labels, weight=None, *, reduction="mean", label_smoothing=0.0, check_labels=True):
+        self.logits, self.labels, self.weight = logits, labels, weight
+        self.reduction, self.label_smoothing = reduction, label_smoothing
+        return F.cross_entropy(logits, labels, weight=weight, reduction=reduction, label_smoothing=label_smoothing,
+                               check_labels=check_labels)
 
     def backward(self, grad):
         # forward already checked the labels
-        return F.cross_entropy_backward(self.logits, self.labels, check_labels=False) * grad, None
+        return F.cross_entropy_backward(self.logits, self.labels, weight=self.weight, reduction=self.reduction,
+                                        label_smoothing=self.label_smoothing, check_labels=False,
+                                        grad_out=grad), None, None
 
 
 class _KeepsInputAndTarget(Function):
@@ -176,6 +190,24 @@ class BatchNorm(Function):
         return grad_x, None, None, grad_weight, grad_bias
 
 
+class LayerNorm(Function):
+    def forward(self, x, weight=None, bias=None, *, normalized_shape, eps=1e-5):
+        self.x, self.weight, self.normalized_shape, self.eps = x, weight, normalized_shape, eps
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+    def backward(self, grad):
+        return F.layer_norm_backward(grad, self.x, self.normalized_shape, self.weight, self.eps)
+
+
+class GroupNorm(Function):
+    def forward(self, x, weight=None, bias=None, *, num_groups, eps=1e-5):
+        self.x, self.weight, self.num_groups, self.eps = x, weight, num_groups, eps
+        return F.group_norm(x, num_groups, weight, bias, eps)
+
+    def backward(self, grad):
+        return F.group_norm_backward(grad, self.x, self.num_groups, self.weight, self.eps)
+
+
 class Dropout(Function):
     def forward(self, x, *, p, mask):
         self.mask, self.p = mask, p
@@ -193,12 +225,23 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     return Conv2d.apply(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
-    return MaxPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding)
+def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False):
+    return MaxPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    return AvgPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding)
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    return AvgPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                           count_include_pad=count_include_pad)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    return AdaptiveAvgPool2d.apply(x, output_size=output_size)
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    if return_indices is not False:
+        F.adaptive_max_pool2d(as_input(x).data, output_size, return_indices)  # raises the unsupported error
+    return AdaptiveMaxPool2d.apply(x, output_size=output_size)
 
 
 def lp_pool2d(x, p, kernel_size, stride=None):
@@ -249,8 +292,9 @@ def log_softmax(x, axis=-1):
     return LogSoftmax.apply(x, axis=axis)
 
 
-def cross_entropy(logits, labels, *, check_labels=True):
-    return CrossEntropy.apply(logits, labels, check_labels=check_labels)
+def cross_entropy(logits, labels, *, weight=None, reduction="mean", label_smoothing=0.0, check_labels=True):
+    return CrossEntropy.apply(logits, labels, weight, reduction=reduction, label_smoothing=label_smoothing,
+                              check_labels=check_labels)
 
 
 def nll_loss(input, target, *, reduction="mean", check_labels=True):
@@ -276,6 +320,14 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return y, None if new_mean is None else new_mean.data, None if new_var is None else new_var.data
 
 
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    return LayerNorm.apply(x, weight, bias, normalized_shape=normalized_shape, eps=eps)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    return GroupNorm.apply(x, weight, bias, num_groups=num_groups, eps=eps)
+
+
 def dropout(x, p=0.5, *, mask=None, rng=None, training=True):
     x = as_input(x)
     if not training or check_probability(p, "dropout probability p") == 0.0:
@@ -290,7 +342,10 @@ def dropout(x, p=0.5, *, mask=None, rng=None, training=True):
 
 
 def register() -> None:
+    for name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+        HANDLERS[name] = globals()[name]
     for name in ("conv2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "linear", "relu", "sigmoid", "tanh",
                  "leaky_relu", "elu", "gelu", "silu", "hardswish", "softmax", "log_softmax", "cross_entropy",
-                 "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits", "batch_norm", "dropout"):
+                 "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits", "batch_norm",
+                 "layer_norm", "group_norm", "dropout"):
         HANDLERS[name] = globals()[name]

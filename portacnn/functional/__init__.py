@@ -86,14 +86,24 @@ from .loss import (
                          nll_loss,
                          nll_loss_backward,
 )
-from .normalization import batch_norm, batch_norm_backward
+from .normalization import (
+                         batch_norm,
+                         batch_norm_backward,
+                         group_norm,
+                         group_norm_backward,
+                         layer_norm,
+                         layer_norm_backward,
+)
 from .pooling import avg_pool2d, avg_pool2d_backward, lp_pool2d, lp_pool2d_backward, max_pool2d, max_pool2d_backward
+from .pooling import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
+                      adaptive_max_pool2d_backward)
 
 __all__ = [
     "conv2d", "conv2d_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "lp_pool2d", "lp_pool2d_backward",
+    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
     "linear", "linear_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
     "leaky_relu", "leaky_relu_backward", "elu", "elu_backward", "gelu", "gelu_backward",
@@ -103,5 +113,6 @@ __all__ = [
     "nll_loss", "nll_loss_backward", "mse_loss", "mse_loss_backward", "l1_loss", "l1_loss_backward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "batch_norm", "batch_norm_backward",
+    "layer_norm", "layer_norm_backward", "group_norm", "group_norm_backward",
     "dropout", "dropout_backward",
 ]

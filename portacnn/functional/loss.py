@@ -13,9 +13,16 @@ from __future__ import annotations
 import math
 
 from .._arrays import device_of, namespace_of
-from .._checks import check_grad, check_reduction, require_float, require_ndim, require_same_dtype
+from .._checks import (
+    check_grad,
+    check_reduction,
+    is_real_number,
+    require_float,
+    require_ndim,
+    require_same_dtype,
+)
 from .._dispatch import tape_aware
-from ..errors import ArgumentError, DTypeError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
 from .activation import log_softmax, sigmoid, softmax
 
 
@@ -73,9 +80,50 @@ def _one_hot(xp, labels, num_classes: int, dtype):
     return xp.astype(_class_mask(xp, labels, num_classes), dtype)
 
 
+def _cross_entropy_options(xp, logits, weight, reduction, label_smoothing, op: str):
+    reduction = check_reduction(reduction, op)
+    if weight is not None:
+        namespace_of(logits, weight, names=("logits", "weight"))
+        if not xp.isdtype(weight.dtype, "real floating") or weight.dtype != logits.dtype:
+            raise DTypeError(f"{op} weight must have the logits' dtype {logits.dtype}, got {weight.dtype}")
+        if tuple(weight.shape) != (logits.shape[1],):
+            raise ShapeError(f"{op} weight must have one entry per class, shape ({logits.shape[1]},), "
+                             f"got {tuple(weight.shape)}")
+    if isinstance(label_smoothing, bool) or not is_real_number(label_smoothing):
+        raise ArgumentTypeError(f"{op} label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ArgumentError(f"{op} label_smoothing must be in [0, 1] (as in PyTorch), got {label_smoothing!r}")
+    return reduction, float(label_smoothing)
+
+
+def _cross_entropy_targets(xp, logits, labels, weight, label_smoothing):
+    """(target distribution q, per-sample weight of the label w[y]); the loss of sample n is
+    -sum_c q[n, c] log_softmax(logits)[n, c], with q = (1 - eps) w[y] onehot(y) + (eps / C) w."""
+    num_classes = logits.shape[1]
+    mask = _class_mask(xp, labels, num_classes)
+    one_hot = xp.astype(mask, logits.dtype)
+    if weight is None:
+        target, label_weight = one_hot, None
+    else:
+        target = one_hot * weight
+        label_weight = xp.sum(target, axis=1)
+    if label_smoothing:
+        uniform = (label_smoothing / num_classes) * (
+            xp.ones_like(logits) if weight is None else xp.reshape(weight, (1, -1)) * xp.ones_like(logits))
+        target = (1.0 - label_smoothing) * target + uniform
+    return target, label_weight
+
+
 @tape_aware
-def cross_entropy(logits, labels, *, check_labels: bool = True):
-    """Mean negative log-likelihood of integer ``labels`` under softmax(``logits``); a 0-d array.
+def cross_entropy(logits, labels, *, weight=None, reduction: str = "mean", label_smoothing: float = 0.0,
+                  check_labels: bool = True):
+    """Cross-entropy of integer ``labels`` under softmax(``logits``), as PyTorch's.
+
+    ``weight`` (C,) rescales each class (a weighted 'mean' divides by the sum
+    of the labels' weights); ``label_smoothing`` mixes the uniform
+    distribution into the target, ``(1 - eps) onehot + eps / C`` (weighted by
+    class with ``weight``, as PyTorch does). ``reduction`` is 'mean', 'sum'
+    or 'none' (the (N,) per-sample losses).
 
     With ``check_labels`` (the default) a label outside ``[0, num_classes)``
     raises ``ArgumentError`` instead of silently counting as no class. The
@@ -85,15 +133,40 @@ def cross_entropy(logits, labels, *, check_labels: bool = True):
     ``check_labels=False``.
     """
     xp = _cross_entropy_setup(logits, labels, check_labels)
-    target = _one_hot(xp, labels, logits.shape[1], logits.dtype)
-    return -xp.sum(target * log_softmax(logits)) / logits.shape[0]
+    reduction, label_smoothing = _cross_entropy_options(xp, logits, weight, reduction, label_smoothing,
+                                                        "cross_entropy")
+    target, label_weight = _cross_entropy_targets(xp, logits, labels, weight, label_smoothing)
+    if reduction == "mean" and label_weight is None:
+        return -xp.sum(target * log_softmax(logits)) / logits.shape[0]
+    losses = -xp.sum(target * log_softmax(logits), axis=1)
+    if reduction == "mean":
+        return xp.sum(losses) / xp.sum(label_weight)
+    return _reduce(xp, losses, reduction)
 
 
-def cross_entropy_backward(logits, labels, *, check_labels: bool = True):
-    """Gradient of the mean ``cross_entropy`` with respect to ``logits`` (``check_labels`` as there)."""
+def cross_entropy_backward(logits, labels, *, weight=None, reduction: str = "mean", label_smoothing: float = 0.0,
+                           check_labels: bool = True, grad_out=None):
+    """Gradient of ``cross_entropy`` (same options) with respect to ``logits``.
+
+    ``grad_out`` is the upstream gradient, shaped like the loss (0-d, or (N,)
+    for ``reduction='none'``); None means ones. Per sample it is
+    ``(softmax * sum(q) - q) * scale`` with ``q`` the target distribution.
+    """
     xp = _cross_entropy_setup(logits, labels, check_labels)
-    target = _one_hot(xp, labels, logits.shape[1], logits.dtype)
-    return (softmax(logits) - target) / logits.shape[0]
+    reduction, label_smoothing = _cross_entropy_options(xp, logits, weight, reduction, label_smoothing,
+                                                        "cross_entropy_backward")
+    if grad_out is not None:
+        check_grad(grad_out, logits, (logits.shape[0],) if reduction == "none" else (), "cross_entropy_backward")
+    target, label_weight = _cross_entropy_targets(xp, logits, labels, weight, label_smoothing)
+    if weight is None and not label_smoothing:
+        grad = softmax(logits) - target  # each row of the target sums to 1
+    else:
+        grad = softmax(logits) * xp.sum(target, axis=1, keepdims=True) - target
+    if reduction == "mean":
+        grad = grad / (logits.shape[0] if label_weight is None else xp.sum(label_weight))
+    if grad_out is None:
+        return grad
+    return grad * (xp.reshape(grad_out, (-1, 1)) if reduction == "none" else grad_out)
 
 
 # --------------------------------------------------------------------------

@@ -1,11 +1,18 @@
-"""Batch normalisation."""
+"""Batch, layer and group normalisation."""
 
 from __future__ import annotations
 
 import math
+import numbers
 
 from .._arrays import namespace_of
-from .._checks import check_grad, check_number, ndim_hint, require_float, require_same_dtype
+from .._checks import (
+    check_grad,
+    check_number,
+    ndim_hint,
+    require_float,
+    require_same_dtype,
+)
 from .._dispatch import tape_aware
 from ..errors import ArgumentError, ShapeError
 
@@ -16,8 +23,8 @@ def _batch_norm_setup(x, running_mean, running_var, weight, bias):
         names=("x", "running_mean", "running_var", "weight", "bias"),
     )
     require_float(xp, x, "batch_norm input x")
-    if x.ndim not in (2, 4):
-        raise ShapeError(f"batch_norm input must be (N, C) or (N, C, H, W), got shape {tuple(x.shape)}"
+    if x.ndim not in (2, 3, 4):
+        raise ShapeError(f"batch_norm input must be (N, C), (N, C, L) or (N, C, H, W), got shape {tuple(x.shape)}"
                          + ndim_hint(x.ndim, 4))
     if x.shape[0] == 0:
         raise ShapeError(f"batch_norm input x is an empty batch (shape {tuple(x.shape)}); pass at least one sample")
@@ -26,11 +33,11 @@ def _batch_norm_setup(x, running_mean, running_var, weight, bias):
         if a is not None and tuple(a.shape) != (channels,):
             raise ShapeError(
                 f"batch_norm: x has {channels} channels (shape {tuple(x.shape)}) but {name} has shape "
-                f"{tuple(a.shape)}, expected ({channels},); BatchNorm2d's num_features must equal the channels "
-                "of its input")
+                f"{tuple(a.shape)}, expected ({channels},); BatchNorm1d/BatchNorm2d's num_features must equal the "
+                "channels of its input")
         require_same_dtype(x, a, "x", name)
-    axes = (0,) if x.ndim == 2 else (0, 2, 3)
-    broadcast = (1, channels) if x.ndim == 2 else (1, channels, 1, 1)
+    axes = (0,) + tuple(range(2, x.ndim))
+    broadcast = (1, channels) + (1,) * (x.ndim - 2)
     count = math.prod(x.shape[i] for i in axes)
     return xp, axes, broadcast, count
 
@@ -92,3 +99,127 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, 
     sum_grad_x_hat = xp.reshape(xp.sum(grad_x_hat * x_hat, axis=axes), broadcast)
     grad_x = inv_std / count * (count * grad_x_hat - sum_grad - x_hat * sum_grad_x_hat)
     return grad_x, grad_weight, grad_bias
+
+
+def _normalized_shape(normalized_shape, op):
+    """``normalized_shape`` as a tuple of positive ints (an int means a 1-tuple, as in PyTorch)."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        shape = None
+    if (not shape or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in shape)):
+        raise ArgumentError(f"{op}: normalized_shape must be a positive int or a non-empty sequence of positive "
+                            f"ints, got {normalized_shape!r}")
+    return tuple(int(n) for n in shape)
+
+
+def _layer_norm_setup(x, normalized_shape, weight, bias, eps, op):
+    xp = namespace_of(x, weight, bias, names=("x", "weight", "bias"))
+    require_float(xp, x, f"{op} input x")
+    shape = _normalized_shape(normalized_shape, op)
+    if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ShapeError(f"{op}: normalized_shape {shape} must equal the trailing shape of the input, got input "
+                         f"shape {tuple(x.shape)}; pass normalized_shape=x.shape[-k:] for the last k axes")
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None and tuple(a.shape) != shape:
+            raise ShapeError(f"{op}: {name} has shape {tuple(a.shape)}, expected normalized_shape {shape}")
+        require_same_dtype(x, a, "x", name)
+    check_number(eps, f"{op} eps", low=0.0, low_inclusive=False)
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    return xp, axes, tuple(range(x.ndim - len(shape)))
+
+
+def _normalize(xp, x, axes, eps):
+    """``(x_hat, inv_std)`` over ``axes``, statistics kept with size-1 axes for broadcasting."""
+    mean = xp.mean(x, axis=axes, keepdims=True)
+    inv_std = 1.0 / xp.sqrt(xp.var(x, axis=axes, keepdims=True) + eps)
+    return (x - mean) * inv_std, inv_std
+
+
+def _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes):
+    """The input gradient of ``_normalize`` given the gradient of ``x_hat`` (biased variance, as forward)."""
+    return inv_std * (grad_x_hat - xp.mean(grad_x_hat, axis=axes, keepdims=True)
+                      - x_hat * xp.mean(grad_x_hat * x_hat, axis=axes, keepdims=True))
+
+
+def _sum_over(xp, a, axes):
+    return xp.sum(a, axis=axes) if axes else a
+
+
+@tape_aware
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation over the trailing axes given by ``normalized_shape`` (PyTorch's ``layer_norm``).
+
+    ``weight`` and ``bias``, when given, have shape ``normalized_shape``.
+    """
+    xp, axes, _ = _layer_norm_setup(x, normalized_shape, weight, bias, eps, "layer_norm")
+    y, _ = _normalize(xp, x, axes, eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def layer_norm_backward(grad_out, x, normalized_shape, weight=None, eps=1e-5):
+    """Gradients of ``layer_norm`` → ``(grad_x, grad_weight, grad_bias)``."""
+    xp, axes, leading = _layer_norm_setup(x, normalized_shape, weight, None, eps, "layer_norm_backward")
+    check_grad(grad_out, x, x.shape, "layer_norm_backward")
+    x_hat, inv_std = _normalize(xp, x, axes, eps)
+    grad_x_hat = grad_out if weight is None else grad_out * weight
+    grad_x = _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
+    return grad_x, _sum_over(xp, grad_out * x_hat, leading), _sum_over(xp, grad_out, leading)
+
+
+def _group_norm_setup(x, num_groups, weight, bias, eps, op):
+    xp = namespace_of(x, weight, bias, names=("x", "weight", "bias"))
+    require_float(xp, x, f"{op} input x")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or num_groups < 1:
+        raise ArgumentError(f"{op}: num_groups must be a positive int, got {num_groups!r}")
+    if x.ndim < 2:
+        raise ShapeError(f"{op} input must be (N, C, *), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ShapeError(f"{op} input x is an empty batch (shape {tuple(x.shape)}); pass at least one sample")
+    channels = x.shape[1]
+    if channels % num_groups:
+        raise ShapeError(f"{op}: the input's {channels} channels (shape {tuple(x.shape)}) are not divisible by "
+                         f"num_groups={num_groups}")
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None and tuple(a.shape) != (channels,):
+            raise ShapeError(f"{op}: x has {channels} channels (shape {tuple(x.shape)}) but {name} has shape "
+                             f"{tuple(a.shape)}, expected ({channels},)")
+        require_same_dtype(x, a, "x", name)
+    check_number(eps, f"{op} eps", low=0.0, low_inclusive=False)
+    broadcast = (1, channels) + (1,) * (x.ndim - 2)
+    return xp, broadcast, (0,) + tuple(range(2, x.ndim))
+
+
+@tape_aware
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalisation (PyTorch's ``group_norm``): the C channels of (N, C, *) input split into
+    ``num_groups`` groups, each normalised over its channels and spatial axes, per sample.
+
+    ``weight`` and ``bias``, when given, are per channel, shape (C,).
+    """
+    xp, broadcast, _ = _group_norm_setup(x, num_groups, weight, bias, eps, "group_norm")
+    grouped = xp.reshape(x, (x.shape[0], num_groups, -1))
+    x_hat, _ = _normalize(xp, grouped, (2,), eps)
+    y = xp.reshape(x_hat, x.shape)
+    if weight is not None:
+        y = y * xp.reshape(weight, broadcast)
+    if bias is not None:
+        y = y + xp.reshape(bias, broadcast)
+    return y
+
+
+def group_norm_backward(grad_out, x, num_groups, weight=None, eps=1e-5):
+    """Gradients of ``group_norm`` → ``(grad_x, grad_weight, grad_bias)``."""
+    xp, broadcast, axes = _group_norm_setup(x, num_groups, weight, None, eps, "group_norm_backward")
+    check_grad(grad_out, x, x.shape, "group_norm_backward")
+    grouped_shape = (x.shape[0], num_groups, -1)
+    x_hat, inv_std = _normalize(xp, xp.reshape(x, grouped_shape), (2,), eps)
+    grad_x_hat = grad_out if weight is None else grad_out * xp.reshape(weight, broadcast)
+    grad_x = _normalize_backward(xp, xp.reshape(grad_x_hat, grouped_shape), x_hat, inv_std, (2,))
+    x_hat = xp.reshape(x_hat, x.shape)
+    return xp.reshape(grad_x, x.shape), xp.sum(grad_out * x_hat, axis=axes), xp.sum(grad_out, axis=axes)

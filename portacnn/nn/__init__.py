@@ -23,13 +23,15 @@ from .flatten import Flatten
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from .module import Buffer, Module, Parameter
-from .normalization import BatchNorm2d
-from .pooling import AvgPool2d, LPPool2d, MaxPool2d
+from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
+from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, LPPool2d, MaxPool2d
 from . import utils  # noqa: F401 - portacnn.nn.utils (gradient clipping), as torch.nn.utils
 
 __all__ = [
-    "Parameter", "Buffer", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "Linear",
+    "Parameter", "Buffer", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+    "Linear",
     "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "GELU", "SiLU", "Hardswish", "Softmax", "LogSoftmax",
-    "Identity", "Flatten", "Dropout", "BatchNorm2d", "Sequential", "ModuleList", "ModuleDict",
+    "Identity", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
+    "Sequential", "ModuleList", "ModuleDict",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "BCEWithLogitsLoss",
 ]

@@ -9,23 +9,38 @@ valid here means the same in PyTorch.
 from __future__ import annotations
 
 from .. import functional as F
-from .._checks import check_reduction
-from .module import Module
+from .._checks import check_reduction, is_real_number
+from ..errors import ArgumentError, ArgumentTypeError
+from .module import Buffer, Module
 
 
 class CrossEntropyLoss(Module):
-    """Mean cross-entropy of integer labels: ``loss = CrossEntropyLoss()(logits, labels); loss.backward()``.
+    """Cross-entropy of integer labels, as PyTorch's: ``loss = CrossEntropyLoss()(logits, labels); loss.backward()``.
 
-    ``check_labels`` (default True) makes it refuse labels outside
-    ``[0, num_classes)``; see ``functional.cross_entropy`` for its cost (one
-    reduction, and a device sync on GPUs).
+    ``weight`` (C,) rescales each class (kept as a buffer, so it moves with
+    the model); ``reduction`` and ``label_smoothing`` are keyword-only (see
+    above) and mean what they do in PyTorch. ``check_labels`` (default True)
+    makes it refuse labels outside ``[0, num_classes)``; see
+    ``functional.cross_entropy`` for its cost (one reduction, and a device
+    sync on GPUs).
     """
 
-    def __init__(self, *, check_labels: bool = True):
+    def __init__(self, weight=None, *, reduction: str = "mean", label_smoothing: float = 0.0,
+                 check_labels: bool = True):
+        self.reduction = check_reduction(reduction, "CrossEntropyLoss")
+        if isinstance(label_smoothing, bool) or not is_real_number(label_smoothing):
+            raise ArgumentTypeError(f"CrossEntropyLoss: label_smoothing must be a number in [0, 1], "
+                                    f"got {label_smoothing!r}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ArgumentError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.weight = None if weight is None else Buffer(weight)
+        self.label_smoothing = float(label_smoothing)
         self.check_labels = bool(check_labels)
 
     def forward(self, logits, labels):
-        return F.cross_entropy(logits, labels, check_labels=self.check_labels)
+        return F.cross_entropy(logits, labels, weight=None if self.weight is None else self.weight.data,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing,
+                               check_labels=self.check_labels)
 
 
 class _Loss(Module):

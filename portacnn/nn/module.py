@@ -126,7 +126,9 @@ class Module:
         placement = parse_spec(spec)
         for holder in self.parameters() + [b for _, b in self.named_buffers()]:
             data = holder.data
-            if cast is not None and numpy.dtype(dtype_name(data)) != cast:
+            # Only floating arrays take the new dtype: an integer buffer (a batch count) stays integer.
+            current = numpy.dtype(dtype_name(data))
+            if cast is not None and current.kind == "f" and current != cast:
                 data = to_device(to_numpy(data).astype(cast), placement)
             holder.data = to_device(data, placement)
             if isinstance(holder, Parameter) and holder.grad is not None:
@@ -168,11 +170,18 @@ class Module:
             for name in own
             if name in state and tuple(state[name].shape) != tuple(own[name].data.shape)
         ]
+        # A floating parameter or buffer takes only floating values; an integer buffer (BatchNorm's
+        # num_batches_tracked) takes only integer ones.
+        integer = {name for name in own if numpy.dtype(dtype_name(own[name].data)).kind in "iu"}
         not_float = [f"{name}: {state[name].dtype}" for name in own
-                     if name in state and "float" not in str(state[name].dtype)]
+                     if name in state and name not in integer and "float" not in str(state[name].dtype)]
+        not_int = [f"{name}: {state[name].dtype}" for name in integer
+                   if name in state and not _is_integer_dtype(state[name].dtype)]
         problems = []
         if not_float:
             problems.append(f"not floating point: {'; '.join(not_float)}")
+        if not_int:
+            problems.append(f"not integer: {'; '.join(not_int)}")
         if missing:
             problems.append(f"missing: {', '.join(missing)}")
         if unexpected:
@@ -196,6 +205,12 @@ class Module:
             return f"{type(self).__name__}({self.extra_repr()})"
         lines = [f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in children]
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def _is_integer_dtype(dtype) -> bool:
+    """Whether an array dtype of any backend (NumPy, torch, JAX, ...) is a (non-bool) integer type."""
+    name = str(dtype).rsplit(".", 1)[-1]
+    return name.startswith(("int", "uint"))
 
 
 def array_of(value):
