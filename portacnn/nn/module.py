@@ -86,15 +86,32 @@ class Module:
 
     def modules(self):
         """This module and every module inside it, each once."""
+        for _, module in self.named_modules():
+            yield module
+
+    def named_modules(self, prefix: str = ""):
+        """``(dotted name, module)`` for this module ("") and every module inside it, each once, depth first."""
         seen = set()
-        stack = [self]
+        stack = [(prefix, self)]
         while stack:
-            module = stack.pop()
+            name, module = stack.pop()
             if id(module) in seen:
                 continue
             seen.add(id(module))
-            yield module
-            stack.extend(reversed([v for v in vars(module).values() if isinstance(v, Module)]))
+            yield name, module
+            children = [(f"{name}.{key}" if name else key, value) for key, value in vars(module).items()
+                        if isinstance(value, Module)]
+            stack.extend(reversed(children))
+
+    def summary(self, input_shape, *, dtype=None) -> str:
+        """Each layer's output shape and parameter count; see ``portacnn.summary``."""
+        from ..summary import summary
+
+        return summary(self, input_shape, dtype=dtype)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """How many numbers the parameters hold (each shared parameter once); ``trainable_only`` skips frozen ones."""
+        return sum(_size(p) for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def zero_grad(self):
         for p in self.parameters():
@@ -216,3 +233,10 @@ def _is_integer_dtype(dtype) -> bool:
 def array_of(value):
     """The array inside a Tensor argument (a layer's ``forward`` may also be given plain arrays)."""
     return value.data if isinstance(value, Tensor) else value
+
+
+def _size(parameter) -> int:
+    size = 1
+    for extent in parameter.data.shape:
+        size *= extent
+    return size
