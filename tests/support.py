@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import portacnn
+from portacnn import functional as F
+
 # ---------------------------------------------------------------- MNIST
 
 #: The real MNIST files, where this checkout sits next to a ``shared/data/mnist`` folder.
@@ -184,3 +187,15 @@ def torch_forward_backward(fn, arrays, g):
     wrt = [t for t in tensors if t is not None]
     grads = torch.autograd.grad(out, wrt, grad_outputs=t64(g))
     return out.detach().numpy(), [gr.numpy() for gr in grads]
+
+
+class Swish(portacnn.Function):
+    """x * sigmoid(x) with its backward written by hand, as a user writes a custom Function."""
+
+    def forward(self, x):
+        self.x = x
+        return x * F.sigmoid(x)
+
+    def backward(self, grad):
+        s = F.sigmoid(self.x)
+        return grad * (s + self.x * s * (1.0 - s))

@@ -7,6 +7,7 @@ import weakref
 import numpy as np
 import pytest
 from conftest import case_params
+from support import Swish
 
 import portacnn
 from portacnn import Function, Tensor, cat, nn, no_grad
@@ -316,18 +317,6 @@ def test_indexing_with_an_array_is_refused_with_a_hint():
 
 # --------------------------------------------------------------------------
 # a user-defined Function
-
-
-class Swish(Function):
-    """x * sigmoid(x), written by hand as a user would."""
-
-    def forward(self, x):
-        self.x = x
-        return x * F.sigmoid(x)
-
-    def backward(self, grad):
-        s = F.sigmoid(self.x)
-        return grad * (s + self.x * s * (1.0 - s))
 
 
 class ScaledSum(Function):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from support import Swish
 
 import portacnn
 from portacnn import Function, nn
@@ -12,16 +13,6 @@ from portacnn.testing import assert_backends_agree, assert_close, default_backen
 
 SPECS = default_backend_specs()
 X = np.random.default_rng(0).standard_normal((3, 5))
-
-
-class Swish(Function):
-    def forward(self, x):
-        self.x = x
-        return x * F.sigmoid(x)
-
-    def backward(self, grad):
-        s = F.sigmoid(self.x)
-        return grad * (s + self.x * s * (1.0 - s))
 
 
 class SwishSignError(Swish):
