@@ -58,6 +58,21 @@ def _conv_case(rng):
     return (x, w, b, g), lambda x, w, b, g: (F.conv2d(x, w, b, **options), *F.conv2d_backward(g, x, w, **options))
 
 
+def _grouped_conv_case(rng):
+    x, w, b = rng.standard_normal((2, 6, 11, 9)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
+    options = dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2)
+    g = rng.standard_normal(F.conv2d(x, w, b, **options).shape)
+    return (x, w, b, g), lambda x, w, b, g: (F.conv2d(x, w, b, **options), *F.conv2d_backward(g, x, w, **options))
+
+
+def _conv_transpose_case(rng):
+    x, w, b = rng.standard_normal((2, 6, 7, 5)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(4)
+    options = dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2))
+    g = rng.standard_normal(F.conv_transpose2d(x, w, b, **options).shape)
+    return (x, w, b, g), lambda x, w, b, g: (F.conv_transpose2d(x, w, b, **options),
+                                             *F.conv_transpose2d_backward(g, x, w, **options))
+
+
 def _pool_case(forward, backward, *, positive=False, p=None):
     def make(rng):
         x = rng.permutation(2 * 3 * 9 * 8).reshape(2, 3, 9, 8) / 50.0 - (0.0 if positive else 2.0)
@@ -84,6 +99,14 @@ def _adaptive_case(forward, backward):
         x = rng.permutation(2 * 3 * 7 * 5).reshape(2, 3, 7, 5) / 50.0 - 2.0
         g = rng.standard_normal((2, 3, 3, 2))
         return (x, g), lambda x, g: (forward(x, (3, 2)), backward(g, x, (3, 2)))
+    return make
+
+
+def _interpolate_case(**options):
+    def make(rng):
+        x = rng.standard_normal((2, 3, 5, 7))
+        g = rng.standard_normal(F.interpolate(x, **options).shape)
+        return (x, g), lambda x, g: (F.interpolate(x, **options), F.interpolate_backward(g, x, **options))
     return make
 
 
@@ -168,6 +191,8 @@ def _dropout_case(rng):
 
 CASES = {
     "conv2d": _conv_case,
+    "conv2d_groups": _grouped_conv_case,
+    "conv_transpose2d": _conv_transpose_case,
     "max_pool2d": _pool_case(F.max_pool2d, F.max_pool2d_backward),
     "avg_pool2d": _pool_case(F.avg_pool2d, F.avg_pool2d_backward),
     "max_pool2d_ceil": _pool_options_case(F.max_pool2d, F.max_pool2d_backward, ceil_mode=True),
@@ -175,6 +200,9 @@ CASES = {
                                                       count_include_pad=False),
     "adaptive_avg_pool2d": _adaptive_case(F.adaptive_avg_pool2d, F.adaptive_avg_pool2d_backward),
     "adaptive_max_pool2d": _adaptive_case(F.adaptive_max_pool2d, F.adaptive_max_pool2d_backward),
+    "interpolate_nearest": _interpolate_case(size=(8, 4)),
+    "interpolate_bilinear": _interpolate_case(scale_factor=(1.5, 0.7), mode="bilinear"),
+    "interpolate_bilinear_align_corners": _interpolate_case(size=(9, 11), mode="bilinear", align_corners=True),
     "lp_pool2d": _pool_case(F.lp_pool2d, F.lp_pool2d_backward, positive=True, p=3.0),
     "linear": _linear_case,
     "relu": _elementwise_case(F.relu, F.relu_backward),

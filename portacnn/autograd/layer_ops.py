@@ -16,8 +16,9 @@ from .tape import Function, as_input
 
 
 class Conv2d(Function):
-    def forward(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-        xp, geometry = F.conv_geometry(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    def forward(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+        xp, geometry = F.conv_geometry(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                       groups=groups)
         # The patch matrix is the largest share of a convolution's cost, so
         # it is kept for the weight gradient rather than rebuilt.
         patches = F.im2col(xp, x, geometry)
@@ -28,6 +29,20 @@ class Conv2d(Function):
     def backward(self, grad):
         return F.conv2d_backward_from_patches(self.xp, grad, self.patches, self.input_shape, self.weight,
                                               self.geometry, input_grad=self.needs_input_grad[0])
+
+
+class ConvTranspose2d(Function):
+    def forward(self, x, weight, bias=None, *, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+        self.xp, self.geometry, _ = F.conv_transpose_geometry(
+            x, weight, bias, stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+            dilation=dilation)
+        self.x, self.weight = x, weight
+        return F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
+                                  groups=groups, dilation=dilation)
+
+    def backward(self, grad):
+        return F.conv_transpose2d_backward_from_input(self.xp, grad, self.x, self.weight, self.geometry,
+                                                      input_grad=self.needs_input_grad[0])
 
 
 class MaxPool2d(Function):
@@ -63,6 +78,10 @@ class AdaptiveAvgPool2d(_KeepsInput):
 
 class AdaptiveMaxPool2d(_KeepsInput):
     _forward, _backward = staticmethod(F.adaptive_max_pool2d), staticmethod(F.adaptive_max_pool2d_backward)
+
+
+class Interpolate(_KeepsInput):
+    _forward, _backward = staticmethod(F.interpolate), staticmethod(F.interpolate_backward)
 
 
 class LPPool2d(_KeepsInput):
@@ -221,8 +240,13 @@ class Dropout(Function):
 # handlers: functional's signatures, Tensors in, Tensors out
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    return ConvTranspose2d.apply(x, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
+                                 groups=groups, dilation=dilation)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False):
@@ -242,6 +266,10 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
     if return_indices is not False:
         F.adaptive_max_pool2d(as_input(x).data, output_size, return_indices)  # raises the unsupported error
     return AdaptiveMaxPool2d.apply(x, output_size=output_size)
+
+
+def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    return Interpolate.apply(x, size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners)
 
 
 def lp_pool2d(x, p, kernel_size, stride=None):
@@ -342,9 +370,9 @@ def dropout(x, p=0.5, *, mask=None, rng=None, training=True):
 
 
 def register() -> None:
-    for name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+    for name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate"):
         HANDLERS[name] = globals()[name]
-    for name in ("conv2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "linear", "relu", "sigmoid", "tanh",
+    for name in ("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "linear", "relu", "sigmoid", "tanh",
                  "leaky_relu", "elu", "gelu", "silu", "hardswish", "softmax", "log_softmax", "cross_entropy",
                  "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits", "batch_norm",
                  "layer_norm", "group_norm", "dropout"):

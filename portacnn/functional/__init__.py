@@ -66,6 +66,10 @@ from .conv import (  # noqa: F401,E402
                          conv2d_backward_from_patches,
                          conv2d_from_patches,
                          conv_geometry,
+                         conv_transpose2d,
+                         conv_transpose2d_backward,
+                         conv_transpose2d_backward_from_input,
+                         conv_transpose_geometry,
                          im2col,
 )
 from .dropout import (
@@ -97,13 +101,16 @@ from .normalization import (
 from .pooling import avg_pool2d, avg_pool2d_backward, lp_pool2d, lp_pool2d_backward, max_pool2d, max_pool2d_backward
 from .pooling import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
                       adaptive_max_pool2d_backward)
+from .upsampling import interpolate, interpolate_backward
 
 __all__ = [
     "conv2d", "conv2d_backward",
+    "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "lp_pool2d", "lp_pool2d_backward",
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
+    "interpolate", "interpolate_backward",
     "linear", "linear_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
     "leaky_relu", "leaky_relu_backward", "elu", "elu_backward", "gelu", "gelu_backward",

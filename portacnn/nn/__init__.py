@@ -17,7 +17,7 @@ One module per family, as PyTorch's ``torch/nn/modules``: ``module``
 
 from .activation import ELU, GELU, Hardswish, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .container import Identity, ModuleDict, ModuleList, Sequential
-from .conv import Conv2d
+from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .flatten import Flatten
 from .linear import Linear
@@ -25,10 +25,12 @@ from .loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from .module import Buffer, Module, Parameter
 from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from .upsampling import Upsample
 from . import utils  # noqa: F401 - portacnn.nn.utils (gradient clipping), as torch.nn.utils
 
 __all__ = [
-    "Parameter", "Buffer", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+    "Parameter", "Buffer", "Module", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+    "Upsample",
     "Linear",
     "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "GELU", "SiLU", "Hardswish", "Softmax", "LogSoftmax",
     "Identity", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",

@@ -7,29 +7,79 @@ import numpy
 from .. import functional as F
 from .._checks import pair, positive_int
 from .._host_random import host_generator
+from ..errors import ArgumentError
 from ._init import init_weight, new_parameter
 from .module import Module
 
 
+def _check_groups(groups, in_channels, out_channels, layer):
+    groups = positive_int(groups, "groups", layer)
+    for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if channels % groups:
+            raise ArgumentError(f"{layer}: {name} ({channels}) must be divisible by groups ({groups})")
+    return groups
+
+
+def _new_weight(generator, shape, init, dtype, device):
+    # PyTorch's fans from the weight's shape: size(1) and size(0) times the kernel area.
+    area = shape[2] * shape[3]
+    return new_parameter(init_weight(generator, shape, shape[1] * area, shape[0] * area, init), dtype, device)
+
+
 class Conv2d(Module):
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
                  *, init="he", rng=None, dtype="float32", device=None):
         in_channels = positive_int(in_channels, "in_channels", "Conv2d")
         out_channels = positive_int(out_channels, "out_channels", "Conv2d")
+        self.groups = _check_groups(groups, in_channels, out_channels, "Conv2d")
         kernel = pair(kernel_size, "kernel_size", minimum=1)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
         self.stride = pair(stride, "stride", minimum=1)
         self.padding = pair(padding, "padding", minimum=0)
         self.dilation = pair(dilation, "dilation", minimum=1)
         generator = host_generator(rng)
-        fan_in, fan_out = in_channels * kernel[0] * kernel[1], out_channels * kernel[0] * kernel[1]
-        shape = (out_channels, in_channels, *kernel)
-        self.weight = new_parameter(init_weight(generator, shape, fan_in, fan_out, init), dtype, device)
+        shape = (out_channels, in_channels // self.groups, *kernel)
+        self.weight = _new_weight(generator, shape, init, dtype, device)
         self.bias = new_parameter(numpy.zeros(out_channels), dtype, device) if bias else None
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                        groups=self.groups)
+
+    def extra_repr(self):
+        groups = f", groups={self.groups}" if self.groups != 1 else ""
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}{groups}, bias={self.bias is not None}")
+
+
+class ConvTranspose2d(Module):
+    """Transposed convolution (PyTorch's): weight (in_channels, out_channels/groups, kh, kw)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, *, init="he", rng=None, dtype="float32", device=None):
+        in_channels = positive_int(in_channels, "in_channels", "ConvTranspose2d")
+        out_channels = positive_int(out_channels, "out_channels", "ConvTranspose2d")
+        self.groups = _check_groups(groups, in_channels, out_channels, "ConvTranspose2d")
+        kernel = pair(kernel_size, "kernel_size", minimum=1)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
+        self.stride = pair(stride, "stride", minimum=1)
+        self.padding = pair(padding, "padding", minimum=0)
+        self.output_padding = pair(output_padding, "output_padding", minimum=0)
+        self.dilation = pair(dilation, "dilation", minimum=1)
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= s and op >= d:
+                raise ArgumentError(f"ConvTranspose2d: output_padding {self.output_padding} must be smaller than "
+                                    f"either stride {self.stride} or dilation {self.dilation} in each direction")
+        generator = host_generator(rng)
+        shape = (in_channels, out_channels // self.groups, *kernel)
+        self.weight = _new_weight(generator, shape, init, dtype, device)
+        self.bias = new_parameter(numpy.zeros(out_channels), dtype, device) if bias else None
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                                  output_padding=self.output_padding, groups=self.groups, dilation=self.dilation)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}")
+                f"padding={self.padding}, output_padding={self.output_padding}, groups={self.groups}, "
+                f"dilation={self.dilation}, bias={self.bias is not None}")
