@@ -10,11 +10,12 @@ parameters' gradients (``portacnn.autograd``).
 from .autograd import Function, Tensor, cat, enable_grad, is_grad_enabled, no_grad, tensor
 from .backends import available_backends, to_device, to_numpy
 from . import functional, nn, optim  # noqa: E402 - after autograd, which they build on
+from . import amp  # noqa: E402
 from .summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "Function", "tensor", "cat", "no_grad", "enable_grad", "is_grad_enabled",
-    "available_backends", "to_device", "to_numpy", "functional", "nn", "optim", "summary", "__version__",
+    "available_backends", "to_device", "to_numpy", "functional", "nn", "optim", "amp", "summary", "__version__",
 ]

@@ -162,7 +162,7 @@ BAD_CONSTRUCTORS = [
     (lambda: nn.Conv2d(1, 4, 3, padding=-1), ArgumentError, ["padding", ">= 0"]),
     (lambda: nn.Conv2d(1, 4, 3, dilation=(0, 1)), ArgumentError, ["dilation"]),
     (lambda: nn.Conv2d(1, 4, 3, init="xavier"), ArgumentError, ["init", "'xavier'", "'he'"]),
-    (lambda: nn.Conv2d(1, 4, 3, dtype="float16"), DTypeError, ["dtype", "float16", "float32"]),
+    (lambda: nn.Conv2d(1, 4, 3, dtype="int32"), DTypeError, ["dtype", "int32", "'float16', 'bfloat16', 'float32' or 'float64'"]),
     (lambda: nn.Linear(-1, 3), ArgumentError, ["Linear", "in_features", "-1"]),
     (lambda: nn.Linear(3, 2.5), ArgumentTypeError, ["out_features", "2.5"]),
     (lambda: nn.Linear(3, 2, rng="seed"), ArgumentTypeError, ["rng", "'seed'"]),
@@ -190,8 +190,10 @@ def test_layer_constructors_fail_early_with_clear_messages(make, exception, frag
 
 
 def test_model_to_an_unsupported_dtype():
-    with raises(DTypeError, "float16", "'float32' or 'float64'"):
-        lenet().to("numpy", dtype="float16")
+    with raises(DTypeError, "int8", "'float16', 'bfloat16', 'float32' or 'float64'"):
+        lenet().to("numpy", dtype="int8")
+    with raises(DTypeError, "numpy has no bfloat16", "torch and jax"):
+        lenet().to("numpy", dtype="bfloat16")
 
 
 # --------------------------------------------------------------------------

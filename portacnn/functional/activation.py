@@ -9,6 +9,7 @@ from .._checks import as_int, check_choice, check_finite, check_grad, require_fl
 from .._dispatch import tape_aware
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._erf import erfc
+from ._precision import narrow, restore, widen
 
 
 def _elementwise_setup(x, name: str, grad_out=None):
@@ -83,6 +84,8 @@ def log_softmax(x, axis: int = -1):
     """``x - logsumexp(x)`` with the maximum subtracted first, so large logits stay finite."""
     xp = _elementwise_setup(x, "log_softmax")
     _check_axis(x, axis, "log_softmax")
+    if narrow(xp, x):  # float16/bfloat16: computed in float32, as PyTorch does
+        return restore(xp, log_softmax(widen(xp, x), axis), x.dtype)
     shifted = x - xp.max(x, axis=axis, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
@@ -90,6 +93,8 @@ def log_softmax(x, axis: int = -1):
 def log_softmax_backward(grad_out, x, axis: int = -1):
     xp = _elementwise_setup(x, "log_softmax_backward", grad_out)
     _check_axis(x, axis, "log_softmax_backward")
+    if narrow(xp, x):
+        return restore(xp, log_softmax_backward(widen(xp, grad_out), widen(xp, x), axis), x.dtype)
     return grad_out - xp.exp(log_softmax(x, axis)) * xp.sum(grad_out, axis=axis, keepdims=True)
 
 
@@ -97,6 +102,8 @@ def log_softmax_backward(grad_out, x, axis: int = -1):
 def softmax(x, axis: int = -1):
     xp = _elementwise_setup(x, "softmax")
     _check_axis(x, axis, "softmax")
+    if narrow(xp, x):  # float16/bfloat16: computed in float32, as PyTorch does
+        return restore(xp, softmax(widen(xp, x), axis), x.dtype)
     e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
     return e / xp.sum(e, axis=axis, keepdims=True)
 
@@ -104,6 +111,8 @@ def softmax(x, axis: int = -1):
 def softmax_backward(grad_out, x, axis: int = -1):
     xp = _elementwise_setup(x, "softmax_backward", grad_out)
     _check_axis(x, axis, "softmax_backward")
+    if narrow(xp, x):
+        return restore(xp, softmax_backward(widen(xp, grad_out), widen(xp, x), axis), x.dtype)
     s = softmax(x, axis)
     return s * (grad_out - xp.sum(grad_out * s, axis=axis, keepdims=True))
 

@@ -23,6 +23,7 @@ from .._checks import (
 )
 from .._dispatch import tape_aware
 from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
+from ._precision import narrow, restore, widen
 from .activation import log_softmax, sigmoid, softmax
 
 
@@ -135,6 +136,9 @@ def cross_entropy(logits, labels, *, weight=None, reduction: str = "mean", label
     xp = _cross_entropy_setup(logits, labels, check_labels)
     reduction, label_smoothing = _cross_entropy_options(xp, logits, weight, reduction, label_smoothing,
                                                         "cross_entropy")
+    if narrow(xp, logits):  # float16/bfloat16: computed in float32, returned in the logits' dtype, as PyTorch does
+        return restore(xp, cross_entropy(widen(xp, logits), labels, weight=widen(xp, weight), reduction=reduction,
+                                         label_smoothing=label_smoothing, check_labels=False), logits.dtype)
     target, label_weight = _cross_entropy_targets(xp, logits, labels, weight, label_smoothing)
     if reduction == "mean" and label_weight is None:
         return -xp.sum(target * log_softmax(logits)) / logits.shape[0]
@@ -157,6 +161,11 @@ def cross_entropy_backward(logits, labels, *, weight=None, reduction: str = "mea
                                                         "cross_entropy_backward")
     if grad_out is not None:
         check_grad(grad_out, logits, (logits.shape[0],) if reduction == "none" else (), "cross_entropy_backward")
+    if narrow(xp, logits):
+        grad = cross_entropy_backward(widen(xp, logits), labels, weight=widen(xp, weight), reduction=reduction,
+                                      label_smoothing=label_smoothing, check_labels=False,
+                                      grad_out=widen(xp, grad_out))
+        return restore(xp, grad, logits.dtype)
     target, label_weight = _cross_entropy_targets(xp, logits, labels, weight, label_smoothing)
     if weight is None and not label_smoothing:
         grad = softmax(logits) - target  # each row of the target sums to 1

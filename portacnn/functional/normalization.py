@@ -15,6 +15,7 @@ from .._checks import (
 )
 from .._dispatch import tape_aware
 from ..errors import ArgumentError, ShapeError
+from ._precision import narrow, restore, widen
 
 
 def _batch_norm_setup(x, running_mean, running_var, weight, bias):
@@ -54,6 +55,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     xp, axes, broadcast, count = _batch_norm_setup(x, running_mean, running_var, weight, bias)
     check_number(momentum, "batch_norm momentum", low=0.0, high=1.0)
     check_number(eps, "batch_norm eps", low=0.0, low_inclusive=False)
+    if narrow(xp, x):
+        # float16/bfloat16: statistics and normalisation in float32, as PyTorch does; y and the running
+        # statistics come back in their own dtype.
+        y, new_mean, new_var = batch_norm(widen(xp, x), widen(xp, running_mean), widen(xp, running_var),
+                                          widen(xp, weight), widen(xp, bias), training=training,
+                                          momentum=momentum, eps=eps)
+        return restore(xp, y, x.dtype), restore(xp, new_mean, x.dtype), restore(xp, new_var, x.dtype)
     if training:
         if count < 2:
             raise ShapeError(f"batch_norm in training needs more than one value per channel, got input shape {tuple(x.shape)}")
@@ -81,6 +89,10 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, 
     xp, axes, broadcast, count = _batch_norm_setup(x, running_mean, running_var, weight, None)
     check_grad(grad_out, x, x.shape, "batch_norm_backward")
     check_number(eps, "batch_norm eps", low=0.0, low_inclusive=False)
+    if narrow(xp, x):
+        grads = batch_norm_backward(widen(xp, grad_out), widen(xp, x), widen(xp, running_mean),
+                                    widen(xp, running_var), widen(xp, weight), training=training, eps=eps)
+        return tuple(restore(xp, g, x.dtype) for g in grads)
     if training:
         mean, var = xp.mean(x, axis=axes), xp.var(x, axis=axes)
     else:

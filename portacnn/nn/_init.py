@@ -14,20 +14,57 @@ from ..backends import parse_spec, to_device
 from ..errors import ArgumentError, DTypeError
 
 
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+#: The backends whose namespace has a bfloat16 (NumPy, CuPy and array-api-strict have none).
+BFLOAT16_BACKENDS = ("torch", "jax")
+
+
+def dtype_choice(dtype) -> str:
+    """The name of a parameter dtype: 'float16', 'bfloat16', 'float32' or 'float64' (names or dtype objects)."""
+    name = None
+    if isinstance(dtype, str) or not isinstance(dtype, type):
+        name = str(dtype).rsplit(".", 1)[-1]  # "float32", numpy.float32's dtype, torch.bfloat16, ...
+    if name not in _FLOAT_NAMES:
+        try:
+            name = numpy.dtype(dtype).name
+        except (TypeError, ValueError):
+            name = None
+    if name not in _FLOAT_NAMES:
+        raise DTypeError(f"dtype must be 'float16', 'bfloat16', 'float32' or 'float64', got {dtype!r}")
+    return name
+
+
 def host_dtype(dtype) -> numpy.dtype:
-    try:
-        resolved = numpy.dtype(str(dtype).rsplit(".", 1)[-1] if not isinstance(dtype, type) else dtype)
-    except (TypeError, ValueError):
-        resolved = None
-    if resolved not in (numpy.float32, numpy.float64):
-        raise DTypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return resolved
+    """The NumPy dtype a parameter of ``dtype`` is built in on the host: bfloat16 goes through float32."""
+    name = dtype_choice(dtype)
+    return numpy.dtype("float32" if name == "bfloat16" else name)
+
+
+def check_dtype_on(dtype, placement) -> str:
+    """``dtype``'s name, after checking that ``placement``'s backend has it."""
+    name = dtype_choice(dtype)
+    if name == "bfloat16" and placement.backend not in BFLOAT16_BACKENDS:
+        raise DTypeError(f"{placement.spec} has no bfloat16 (only the {' and '.join(BFLOAT16_BACKENDS)} backends "
+                         "do); use float16 or float32 there, or a torch or jax backend")
+    return name
+
+
+def place(host_array, dtype, placement):
+    """``host_array`` (NumPy) cast to ``dtype`` and moved to ``placement``.
+
+    bfloat16 has no NumPy dtype: a float32 copy is moved and cast on the device.
+    """
+    name = check_dtype_on(dtype, placement)
+    if name != "bfloat16":
+        return to_device(host_array.astype(name), placement)
+    xp = placement.namespace
+    return xp.astype(to_device(host_array.astype(numpy.float32), placement), xp.bfloat16)
 
 
 def new_parameter(host_array, dtype, device):
     from .module import Parameter
 
-    return Parameter(to_device(host_array.astype(host_dtype(dtype)), parse_spec(device)))
+    return Parameter(place(host_array, dtype, parse_spec(device)))
 
 
 def _he_normal(rng, shape, fan_in):

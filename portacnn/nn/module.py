@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import numpy
 
+from .._arrays import namespace_of
 from ..autograd import Tensor
 from ..autograd.tape import as_input
 from ..backends import dtype_name, parse_spec, placement_of, to_device, to_numpy
 from ..errors import CheckpointError, UsageError
-from ._init import host_dtype
+from ._init import _FLOAT_NAMES, check_dtype_on
+
+
+def _cast(data, current: str, cast: str, placement):
+    """``data`` (of dtype ``current``) as ``cast`` on ``placement``: through the host, except that bfloat16,
+    which NumPy lacks, is cast on the device (a float32 copy of it travels)."""
+    if current == "bfloat16":
+        data, current = namespace_of(data).astype(data, namespace_of(data).float32), "float32"
+        if cast == "float32":
+            return data
+    if cast == "bfloat16":
+        xp = placement.namespace
+        moved = to_device(data if current == "float32" else to_numpy(data).astype(numpy.float32), placement)
+        return xp.astype(moved, xp.bfloat16)
+    return to_device(to_numpy(data).astype(cast), placement)
 
 
 class Parameter(Tensor):
@@ -139,14 +154,14 @@ class Module:
         ``spec`` is a backend specifier such as ``"numpy"``, ``"cupy:0"`` or
         ``"torch:cuda:0"``; None means ``PORTACNN_BACKEND`` or numpy.
         """
-        cast = None if dtype is None else host_dtype(dtype)
         placement = parse_spec(spec)
+        cast = None if dtype is None else check_dtype_on(dtype, placement)
         for holder in self.parameters() + [b for _, b in self.named_buffers()]:
             data = holder.data
             # Only floating arrays take the new dtype: an integer buffer (a batch count) stays integer.
-            current = numpy.dtype(dtype_name(data))
-            if cast is not None and current.kind == "f" and current != cast:
-                data = to_device(to_numpy(data).astype(cast), placement)
+            current = dtype_name(data)
+            if cast is not None and current in _FLOAT_NAMES and current != cast:
+                data = _cast(data, current, cast, placement)
             holder.data = to_device(data, placement)
             if isinstance(holder, Parameter) and holder.grad is not None:
                 holder.grad = to_device(holder.grad, placement)
@@ -189,7 +204,8 @@ class Module:
         ]
         # A floating parameter or buffer takes only floating values; an integer buffer (BatchNorm's
         # num_batches_tracked) takes only integer ones.
-        integer = {name for name in own if numpy.dtype(dtype_name(own[name].data)).kind in "iu"}
+        integer = {name for name in own if dtype_name(own[name].data) not in _FLOAT_NAMES
+                   and numpy.dtype(dtype_name(own[name].data)).kind in "iu"}
         not_float = [f"{name}: {state[name].dtype}" for name in own
                      if name in state and name not in integer and "float" not in str(state[name].dtype)]
         not_int = [f"{name}: {state[name].dtype}" for name in integer
@@ -209,8 +225,12 @@ class Module:
             question = "; was it saved from a different architecture?" if missing or unexpected or mis_shaped else ""
             raise CheckpointError("state dict does not fit this model (" + " | ".join(problems) + ")" + question)
         for name, holder in own.items():
-            dtype = numpy.dtype(dtype_name(holder.data))
-            value = to_numpy(state[name]).astype(dtype, copy=False)
+            dtype, value = dtype_name(holder.data), state[name]
+            if dtype == "bfloat16" or dtype_name(value) == "bfloat16":  # NumPy has none: cast on the device
+                holder.data = _cast(value, dtype_name(value), dtype, placement_of(holder.data))
+                holder.data = to_device(holder.data, placement_of(holder.data))
+                continue
+            value = to_numpy(value).astype(numpy.dtype(dtype), copy=False)
             holder.data = to_device(value, placement_of(holder.data))
 
     def extra_repr(self) -> str:

@@ -10,7 +10,7 @@ from .._checks import check_number, ndim_hint, positive_int
 from ..backends import parse_spec, to_device
 from ..errors import ArgumentError, ShapeError
 from ..functional.normalization import _normalized_shape
-from ._init import host_dtype, new_parameter
+from ._init import new_parameter, place
 from .module import Buffer, Module, array_of
 
 
@@ -29,9 +29,8 @@ class _BatchNorm(Module):
         self.weight = new_parameter(numpy.ones(num_features), dtype, device) if affine else None
         self.bias = new_parameter(numpy.zeros(num_features), dtype, device) if affine else None
         placement = parse_spec(device)
-        resolved_dtype = host_dtype(dtype)
-        self.running_mean = Buffer(to_device(numpy.zeros(num_features, dtype=resolved_dtype), placement))
-        self.running_var = Buffer(to_device(numpy.ones(num_features, dtype=resolved_dtype), placement))
+        self.running_mean = Buffer(place(numpy.zeros(num_features), dtype, placement))
+        self.running_var = Buffer(place(numpy.ones(num_features), dtype, placement))
         # An int64 scalar, as PyTorch's: counted, saved and loaded, never cast with the model's dtype.
         self.num_batches_tracked = Buffer(to_device(numpy.zeros((), dtype=numpy.int64), placement))
 
