@@ -1256,3 +1256,21 @@ def test_dropout_non_boolean_mask_is_a_dtype_error():
     x = np.ones((2, 3))
     with pytest.raises(DTypeError, match="mask"):
         F.dropout(x, 0.5, mask=np.ones((2, 3)))
+
+
+def test_the_math_imports_no_array_library():
+    """The array rules: functional, the tape, optim and amp take their namespace from their inputs."""
+    import ast
+    from pathlib import Path
+
+    root = Path(F.__file__).resolve().parents[1]
+    files = [*root.joinpath("functional").glob("*.py"), *root.joinpath("autograd").glob("*.py"),
+             root / "optim.py", root / "amp.py"]
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.name}: {name}" for name in names
+                          if name.split(".")[0] in ("numpy", "cupy", "torch", "jax", "array_api_strict")]
+    assert not offenders, offenders

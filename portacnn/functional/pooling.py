@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import array_api_extra as xpx
-import numpy
 
 from .._arrays import device_of, namespace_of
 from .._checks import check_grad, is_real_number, pair, require_float, require_ndim
@@ -302,12 +301,13 @@ def _adaptive_reduce(xp, x, axis: int, out: int, reduce):
 def _window_matrix(xp, x, size: int, out: int, *, mean: bool, offset: int | None = None):
     """(out, size) constant: row i is 1 (or 1/window for ``mean``) on window i; with ``offset``, row i
     is one-hot at start_i + offset (zero where the window is shorter than that)."""
-    matrix = numpy.zeros((out, size))
+    # Built as Python lists from the sizes alone: the math imports no array library.
+    matrix = [[0.0] * size for _ in range(out)]
     for i, (start, end) in enumerate(_adaptive_windows(size, out)):
         if offset is None:
-            matrix[i, start:end] = 1.0 / (end - start) if mean else 1.0
+            matrix[i][start:end] = [1.0 / (end - start) if mean else 1.0] * (end - start)
         elif start + offset < end:
-            matrix[i, start + offset] = 1.0
+            matrix[i][start + offset] = 1.0
     return xp.asarray(matrix, dtype=x.dtype, device=device_of(x))
 
 
