@@ -370,10 +370,7 @@ def dropout(x, p=0.5, *, mask=None, rng=None, training=True):
 
 
 def register() -> None:
-    for name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate"):
-        HANDLERS[name] = globals()[name]
-    for name in ("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "linear", "relu", "sigmoid", "tanh",
-                 "leaky_relu", "elu", "gelu", "silu", "hardswish", "softmax", "log_softmax", "cross_entropy",
-                 "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits", "batch_norm",
-                 "layer_norm", "group_norm", "dropout"):
-        HANDLERS[name] = globals()[name]
+    """Hand every ``@tape_aware`` op of ``functional`` its handler here (each must have one)."""
+    for name, op in vars(F).items():
+        if hasattr(op, "array_op"):
+            HANDLERS[name] = globals()[name]
