@@ -13,7 +13,8 @@ model and optimizer look exactly as after an eager step:
     loss, logits = step(x, y)          # arrays; model and optimizer are updated
 
 A new input shape compiles once more, and each compiled shape is kept: the
-last, smaller batch of an epoch compiles on the first epoch only. Optimizer
+last, smaller batch of an epoch compiles on the first epoch only; so do
+train and eval mode and each set of frozen parameters. Optimizer
 hyper-parameters other than the learning rate (momentum, betas, weight
 decay, so also OneCycleLR's momentum cycling) are read when a shape is first
 compiled. Dropout draws its masks on
@@ -81,15 +82,21 @@ class CompiledTrainStep:
         self._dtype = model.parameters()[0].data.dtype
         self._compile = get_backend(placement.backend).compile_step
         self._compiled_by_mode = {}
+        self._without_grad = {}  # mode -> indices of the parameters the traced step gave no gradient
+
+    def _mode(self):
+        """The Python state a trace bakes in: train/eval and which parameters are frozen."""
+        return self.model.training, tuple(p.requires_grad for p in self.optimizer.params)
 
     def _compiled(self, *arrays):
-        # train()/eval() is Python state the trace bakes in, so each mode gets
-        # its own function (JAX caches traces by function, not by our flags).
-        mode = self.model.training
+        # Each mode gets its own function (JAX caches traces by function, not
+        # by our flags), so switching eval() or freezing a layer never reuses
+        # a trace made for another mode.
+        mode = self._mode()
         compiled = self._compiled_by_mode.get(mode)
         if compiled is None:
             def step_in_this_mode(*args):
-                return self._pure_step(*args)
+                return self._pure_step(mode, *args)
             compiled = self._compiled_by_mode[mode] = self._compile(step_in_this_mode)
         return compiled(*arrays)
 
@@ -104,7 +111,7 @@ class CompiledTrainStep:
         for group, rate in zip(self.optimizer.param_groups, rates):
             group["lr"] = rate
 
-    def _pure_step(self, params, buffers, optimizer_state, rates, step_count, x, y):
+    def _pure_step(self, mode, params, buffers, optimizer_state, rates, step_count, x, y):
         _load_model_state(self.model, params, buffers)
         self._load_optimizer_state(optimizer_state)
         # The groups' rates and the step count are traced arrays, so a
@@ -115,6 +122,7 @@ class CompiledTrainStep:
         logits = self.model(x)
         loss = self.loss_fn(logits, y)
         loss.backward()
+        self._without_grad[mode] = [i for i, p in enumerate(self.optimizer.params) if p.grad is None]
         self.optimizer.step()
         params, buffers = _model_state(self.model)
         return params, buffers, self._optimizer_state(), loss.data, logits.data
@@ -125,6 +133,7 @@ class CompiledTrainStep:
         step_count = optimizer.step_count
         params, buffers = _model_state(self.model)
         optimizer_state = self._optimizer_state()
+        missed = list(getattr(optimizer, "_missed", ()))  # the trace's own counting is undone below
         try:
             new_params, new_buffers, new_optimizer_state, loss, logits = self._compiled(
                 params, buffers, optimizer_state, [xp.asarray(rate, dtype=self._dtype) for rate in rates],
@@ -137,10 +146,16 @@ class CompiledTrainStep:
         finally:
             self._set_rates(rates)
             optimizer.step_count = step_count
+            if missed:
+                optimizer._missed = missed
             self.optimizer.zero_grad()
         _load_model_state(self.model, new_params, new_buffers)
         self._load_optimizer_state(new_optimizer_state)
         optimizer.step_count = step_count + 1
+        if getattr(optimizer, "_counts_steps", False):
+            # A parameter without a gradient sat this step out, as in an eager step.
+            for index in self._without_grad[self._mode()]:
+                optimizer._missed[index] += 1
         return loss, logits
 
 

@@ -71,14 +71,14 @@ def test_a_new_learning_rate_needs_no_recompile_and_is_used():
     optimizer.lr = 0.0  # as a scheduler would set it
     step(*_batches("float64", (8,))[0])
     np.testing.assert_array_equal(to_numpy(model.parameters()[0].data), before)
-    compiled = step._compiled_by_mode[True]
+    compiled = step._compiled_by_mode[step._mode()]
     if hasattr(compiled, "_cache_size"):
         assert compiled._cache_size() == 1
 
 
 def test_each_batch_shape_compiles_once():
     _, _, step, _ = _train(SGD, dict(lr=0.01, momentum=0.9), compiled=True, sizes=(8, 8, 5, 8, 5, 8))
-    compiled = step._compiled_by_mode[True]
+    compiled = step._compiled_by_mode[step._mode()]
     if not hasattr(compiled, "_cache_size"):
         pytest.skip("this jax does not report its cache size")
     # batch 8 twice (momentum buffers absent, then present) and batch 5 once: never once per step.
@@ -167,3 +167,27 @@ def test_cli_no_compile_flag():
 
     assert build_parser().parse_args(["train"]).compile is True
     assert build_parser().parse_args(["train", "--no-compile"]).compile is False
+
+
+def test_freezing_and_unfreezing_a_layer_between_compiled_steps_matches_eager():
+    """requires_grad is Python state a trace bakes in: each setting gets its own compiled step."""
+    runs = []
+    for compiled in (False, True):
+        model = lenet(seed=0, dtype="float64", device="jax")
+        optimizer = Adam(model.parameters(), lr=1e-2)
+        loss_fn = nn.CrossEntropyLoss(check_labels=False)
+        step = CompiledTrainStep(model, loss_fn, optimizer) if compiled else None
+        for index, (x, y) in enumerate(_batches("float64", (8, 8, 8, 8))):
+            model[0].requires_grad_(index not in (1, 2))  # the first conv is frozen for steps 1 and 2
+            if step is not None:
+                step(x, y)
+            else:
+                loss = loss_fn(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        runs.append((model, optimizer))
+    (eager, eager_optimizer), (model, optimizer) = runs
+    assert optimizer._missed == eager_optimizer._missed
+    for (name, value), expected in zip(model.state_dict().items(), eager.state_dict().values()):
+        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-9, atol=1e-12, err_msg=name)
