@@ -14,10 +14,11 @@ model and optimizer look exactly as after an eager step:
 
 A new input shape compiles once more, and each compiled shape is kept: the
 last, smaller batch of an epoch compiles on the first epoch only; so do
-train and eval mode and each set of frozen parameters. Optimizer
-hyper-parameters other than the learning rate (momentum, betas, weight
-decay, so also OneCycleLR's momentum cycling) are read when a shape is first
-compiled. Dropout draws its masks on
+train and eval mode, each set of frozen parameters, and each setting of the
+optimizer's hyper-parameters other than the learning rate (momentum, betas,
+weight decay: these steer Python branches, so they cannot be traced; a
+schedule that changes them every step, such as OneCycleLR's momentum
+cycling, compiles every step and is better run with ``--no-compile``). Dropout draws its masks on
 the host, which a compiled step would freeze into constants, so models with
 active dropout are refused; train them eagerly (``--no-compile``).
 """
@@ -85,8 +86,11 @@ class CompiledTrainStep:
         self._without_grad = {}  # mode -> indices of the parameters the traced step gave no gradient
 
     def _mode(self):
-        """The Python state a trace bakes in: train/eval and which parameters are frozen."""
-        return self.model.training, tuple(p.requires_grad for p in self.optimizer.params)
+        """The Python state a trace bakes in: train/eval, which parameters are frozen, and every
+        optimizer hyper-parameter but the (traced) learning rate."""
+        settings = tuple(tuple(sorted((key, value) for key, value in group.items() if key not in ("params", "lr")))
+                         for group in self.optimizer.param_groups)
+        return self.model.training, tuple(p.requires_grad for p in self.optimizer.params), settings
 
     def _compiled(self, *arrays):
         # Each mode gets its own function (JAX caches traces by function, not

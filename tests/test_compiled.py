@@ -191,3 +191,24 @@ def test_freezing_and_unfreezing_a_layer_between_compiled_steps_matches_eager():
     assert optimizer._missed == eager_optimizer._missed
     for (name, value), expected in zip(model.state_dict().items(), eager.state_dict().values()):
         np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_a_changed_momentum_compiles_a_new_step_and_is_used():
+    runs = []
+    for compiled in (False, True):
+        model = lenet(seed=0, dtype="float64", device="jax")
+        optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss(check_labels=False)
+        step = CompiledTrainStep(model, loss_fn, optimizer) if compiled else None
+        for index, (x, y) in enumerate(_batches("float64", (8, 8, 8))):
+            optimizer.param_groups[0]["momentum"] = 0.9 if index < 2 else 0.5
+            if step is not None:
+                step(x, y)
+            else:
+                loss = loss_fn(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        runs.append(model)
+    for (name, value), expected in zip(runs[1].state_dict().items(), runs[0].state_dict().values()):
+        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-9, atol=1e-12, err_msg=name)
