@@ -11,7 +11,9 @@ Format (``FORMAT_VERSION`` 2), one ``.npz`` (zip of ``.npy`` files, uncompressed
 ``metadata``
     a uint8 array holding UTF-8 JSON: ``format`` (always
     ``"portacnn-checkpoint"``), ``format_version``, ``portacnn_version``,
-    ``architecture`` (e.g. ``"lenet"``) and ``architecture_kwargs``,
+    ``architecture`` (a registered name such as ``"resnet20"``, or
+    ``"<unregistered>"``) and ``architecture_kwargs`` (what rebuilds it with
+    ``portacnn.models.create``), ``model_class`` (module and class name),
     ``epoch`` (epochs completed), ``config`` (the training config as a dict),
     ``history`` (one dict per epoch), ``rng`` (the shuffling generator's
     ``bit_generator.state``, or null), ``optimizer`` (its other entries:
@@ -38,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -46,10 +49,15 @@ import numpy
 from . import __version__
 from .backends import to_numpy
 from .errors import CheckpointError
+
+
+class UnregisteredModelWarning(UserWarning):
+    """A checkpoint was saved from a model that no registered architecture built (so it cannot be rebuilt)."""
+
 from .files import atomic_write
 
 __all__ = [
-    "FORMAT_VERSION", "LAST", "ARCHITECTURES",
+    "FORMAT_VERSION", "LAST", "UNREGISTERED", "UnregisteredModelWarning",
     "save_checkpoint", "load_checkpoint", "build_model", "restore_training_state",
 ]
 
@@ -59,16 +67,6 @@ FORMAT_VERSION = 2
 LAST = "last.npz"
 _MAGIC = "portacnn-checkpoint"
 _METADATA = "metadata"
-
-
-def _lenet(**kwargs):
-    from .models import lenet
-
-    return lenet(**kwargs)
-
-
-#: Architecture name -> builder ``f(*, seed, dtype, device, **architecture_kwargs)``.
-ARCHITECTURES = {"lenet": _lenet}
 
 
 # --------------------------------------------------------------------------
@@ -131,13 +129,22 @@ def _require_json(state: dict, what: str) -> None:
 
 
 def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=0, rng=None, config=None, history=(),
-                    *, architecture: str = "lenet", architecture_kwargs: dict | None = None) -> Path:
+                    *, architecture: str | None = None, architecture_kwargs: dict | None = None) -> Path:
     """Write a checkpoint (see the module docstring for the format), atomically; returns its path.
 
     ``optimizer`` and ``scheduler`` may be None (a bare model). ``rng`` is the
     ``numpy.random.Generator`` whose state should survive a resume (or None).
-    ``config`` is a dataclass or dict of JSON-able values.
+    ``config`` is a dataclass or dict of JSON-able values. The architecture
+    and its arguments are those the model was built with through
+    ``portacnn.models`` (see :func:`portacnn.models.architecture_of`);
+    ``architecture`` / ``architecture_kwargs`` override them. A model no
+    registered architecture built is saved as :data:`UNREGISTERED` (weights
+    and training state intact), with an ``UnregisteredModelWarning`` that says
+    how to register it, rather than under a wrong name.
     """
+    if architecture is None:
+        architecture, recorded = _architecture_of(model)
+        architecture_kwargs = recorded if architecture_kwargs is None else architecture_kwargs
     arrays = {f"model/{name}": to_numpy(value) for name, value in model.state_dict().items()}
     optimizer_meta = scheduler_meta = None
     if optimizer is not None:
@@ -155,6 +162,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=0, rng=No
         "portacnn_version": __version__,
         "architecture": architecture,
         "architecture_kwargs": _jsonable(architecture_kwargs or {}),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "epoch": int(epoch),
         "config": _jsonable(config) if config is not None else None,
         "history": _jsonable(list(history)),
@@ -235,6 +243,7 @@ def load_checkpoint(path) -> dict:
         "format_version": version,
         "architecture": metadata.get("architecture"),
         "architecture_kwargs": metadata.get("architecture_kwargs") or {},
+        "model_class": metadata.get("model_class"),
         "epoch": int(metadata.get("epoch", 0)),
         "config": metadata.get("config"),
         "history": metadata.get("history") or [],
@@ -309,21 +318,51 @@ def _model_dtype(checkpoint: dict) -> str:
     return "float32"
 
 
+#: The architecture recorded for a model that no registered architecture built (never a registered name,
+#: which must be an identifier): its weights load into a model the user builds, but nothing rebuilds it.
+UNREGISTERED = "<unregistered>"
+
+
+def _architecture_of(model) -> tuple[str, dict]:
+    from .models import architecture_of
+
+    found = architecture_of(model)
+    if found is None:
+        warnings.warn(
+            f"saving a {type(model).__name__} that no registered architecture built: the checkpoint holds its "
+            "weights and training state, but `portacnn evaluate`, `predict`, `export` and build_model cannot "
+            "rebuild it. Register its factory (a function or Module class) with "
+            "portacnn.models.register('my_net', factory) and build the model through it to make it rebuildable",
+            UnregisteredModelWarning, stacklevel=3)
+        return UNREGISTERED, {}
+    return found
+
+
 def build_model(checkpoint: dict, device=None, dtype=None):
     """A fresh model of the checkpoint's architecture on ``device``, with its weights loaded.
 
     ``dtype`` defaults to the dtype the weights were saved in. Raises
-    ``CheckpointError`` for an unknown architecture, or (from
+    ``CheckpointError`` for an architecture not registered in this process
+    (a user's own must be registered again before loading), or (from
     ``load_state_dict``) when the arrays do not fit it.
     """
+    from .models import available, create
+
     name = checkpoint.get("architecture")
-    if name not in ARCHITECTURES:
+    if name == UNREGISTERED:
+        raise CheckpointError(
+            f"{checkpoint.get('path', 'checkpoint')} holds the weights of a {checkpoint.get('model_class') or 'model'}"
+            " that no registered architecture built, so it cannot be rebuilt from the file. Build the model "
+            "yourself and call model.load_state_dict(load_checkpoint(path)['model']), or register its factory "
+            "(portacnn.models.register) and save it again from a model built through it")
+    if name not in available():
         raise CheckpointError(
             f"{checkpoint.get('path', 'checkpoint')} was saved from architecture {name!r}, which this portacnn "
-            f"cannot build; known architectures: {', '.join(sorted(ARCHITECTURES))}")
+            f"cannot build; known architectures: {', '.join(available())}. If it is your own, register it "
+            "(portacnn.models.register) before loading")
     kwargs = checkpoint.get("architecture_kwargs") or {}
     try:
-        model = ARCHITECTURES[name](dtype=dtype or _model_dtype(checkpoint), device=device, **kwargs)
+        model = create(name, dtype=dtype or _model_dtype(checkpoint), device=device, **kwargs)
     except TypeError as exc:  # an option this version's builder does not take
         raise CheckpointError(
             f"{checkpoint.get('path', 'checkpoint')}: cannot build architecture {name!r} with the saved options "

@@ -52,6 +52,11 @@ class Buffer:
         self.data = data
 
 
+#: Module classes registered as architectures (``portacnn.models.register``): their instances keep the
+#: arguments they were built with, so that a checkpoint can rebuild them.
+RECORDS_ARGUMENTS: set[type] = set()
+
+
 class Module:
     """Base class: parameter discovery, train/eval, state dicts and device moves.
 
@@ -61,6 +66,12 @@ class Module:
     """
 
     training = True
+
+    def __new__(cls, *args, **kwargs):
+        module = super().__new__(cls)
+        if cls in RECORDS_ARGUMENTS:
+            module._constructor_arguments = (args, kwargs)
+        return module
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__} must define forward(self, x)")

@@ -1,10 +1,10 @@
-"""Ready-made networks."""
+"""The LeNets: the write-up's (``lenet``)."""
 
 from __future__ import annotations
 
 import numpy
 
-from .nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from ..nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
 __all__ = ["lenet"]
 
