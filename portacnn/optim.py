@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import types
+import weakref
 from bisect import bisect_right
 from collections import Counter
 
@@ -75,6 +76,21 @@ def _hyperparameter(name: str) -> property:
     return property(get, set, doc=f"The {name} of the only parameter group (see ``param_groups``).")
 
 
+#: Every optimizer alive, so that moving a model (``Module.to``) can move the state kept for its parameters.
+_LIVE_OPTIMIZERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def follow_moved_parameters(moved) -> None:
+    """Move (and cast) every live optimizer's state for the parameters in ``moved`` to where they now are.
+
+    ``Module.to`` calls this after moving its parameters, as PyTorch users
+    expect ``model.to(...)`` after building the optimizer to keep training.
+    """
+    moved = {id(param) for param in moved}
+    for optimizer in list(_LIVE_OPTIMIZERS):
+        optimizer._follow_parameters(moved)
+
+
 class Optimizer:
     """Base class: parameter groups, per-parameter state and the state dict.
 
@@ -117,6 +133,24 @@ class Optimizer:
             self._add_group(group, "" if implicit else f" parameter group {index}")
         if not self.params:
             raise ArgumentError("optimizer got an empty parameter list; pass model.parameters()")
+        _LIVE_OPTIMIZERS.add(self)
+
+    def _follow_parameters(self, moved_ids: set) -> None:
+        from .backends import placement_of, to_device
+
+        for index, param in enumerate(self.params):
+            if id(param) not in moved_ids:
+                continue
+            placement = placement_of(param.data)
+            for name in self._state_names:
+                values = getattr(self, name)
+                value = values[index]
+                if value is None:
+                    continue
+                value = to_device(value, placement)
+                if value.dtype != param.data.dtype:
+                    value = placement.namespace.astype(value, param.data.dtype)
+                values[index] = value
 
     def _groups_from(self, params) -> tuple[list[dict], bool]:
         """The parameter groups, and whether the user gave a plain list (one group no message need name)."""

@@ -8,9 +8,25 @@ backend), ``num_classes``, ``in_channels``, ``dtype`` and ``device``.
 
 from ._registry import architecture_of, available, create, recipe_of, register
 from . import lenets as _lenets
+from . import mobilenets as _mobilenets
+from . import resnets as _resnets
+from . import vggs as _vggs
 
-#: The `fast` recipe: tuned for test accuracy per minute on a 2-core CPU (0.992 on MNIST in about 90 s).
-lenet = register("lenet", _lenets.lenet, recipe=dict(
-    epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4, lr_step=2, lr_gamma=0.5))
+# LeNet's recipes are the training presets ("fast", the default, and "seed"): see portacnn.training.PRESETS.
+lenet = register("lenet", _lenets.lenet)
 
-__all__ = ["register", "create", "available", "architecture_of", "recipe_of", "lenet"]
+#: The batch-normalised zoo's default recipe, sized for MNIST-like data on a CPU (a few epochs): SGD with
+#: momentum, a one-epoch warm-up into a cosine decay, random crops, per-channel normalisation.
+#: For CIFAR pass more epochs (the ResNet paper trains for about 160).
+_BN_RECIPE = dict(epochs=5, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, scheduler="cosine", warmup=1,
+                  augment=True, normalize=True)
+
+lenet5 = register("lenet5", _lenets.lenet5)
+resnet8 = register("resnet8", _resnets.resnet8, recipe=_BN_RECIPE)
+resnet20 = register("resnet20", _resnets.resnet20, recipe=_BN_RECIPE)
+resnet32 = register("resnet32", _resnets.resnet32, recipe=_BN_RECIPE)
+vgg = register("vgg", _vggs.vgg, recipe=_BN_RECIPE)
+mobilenet = register("mobilenet", _mobilenets.mobilenet, recipe=_BN_RECIPE)
+
+__all__ = ["register", "create", "available", "architecture_of", "recipe_of", "lenet", "lenet5", "resnet8",
+           "resnet20", "resnet32", "vgg", "mobilenet"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy
 
 from .._arrays import namespace_of
+from .._checks import check_flag
 from ..autograd import Tensor
 from ..autograd.tape import as_input
 from ..backends import dtype_name, parse_spec, placement_of, to_device, to_numpy
@@ -50,6 +53,18 @@ class Buffer:
 
     def __init__(self, data):
         self.data = data
+
+
+class IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What ``load_state_dict`` returns, as PyTorch's: the model's names the state lacked, and the state's names
+    the model lacks (both empty after a strict load)."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
 
 
 #: Module classes registered as architectures (``portacnn.models.register``): their instances keep the
@@ -163,10 +178,14 @@ class Module:
         """Move (and optionally cast) every parameter and buffer; returns ``self``.
 
         ``spec`` is a backend specifier such as ``"numpy"``, ``"cupy:0"`` or
-        ``"torch:cuda:0"``; None means ``PORTACNN_BACKEND`` or numpy.
+        ``"torch:cuda:0"``; None means ``PORTACNN_BACKEND`` or numpy. The state
+        an optimizer keeps for these parameters (momentum, moments) and their
+        gradients move and cast with them, so training goes on after the move.
         """
         placement = parse_spec(spec)
         cast = None if dtype is None else check_dtype_on(dtype, placement)
+        from ..optim import follow_moved_parameters
+
         for holder in self.parameters() + [b for _, b in self.named_buffers()]:
             data = holder.data
             # Only floating arrays take the new dtype: an integer buffer (a batch count) stays integer.
@@ -176,6 +195,10 @@ class Module:
             holder.data = to_device(data, placement)
             if isinstance(holder, Parameter) and holder.grad is not None:
                 holder.grad = to_device(holder.grad, placement)
+                if holder.grad.dtype != holder.data.dtype:
+                    holder.grad = placement.namespace.astype(holder.grad, holder.data.dtype)
+        # An optimizer built before the move keeps state (momentum, moments) for these parameters: it follows.
+        follow_moved_parameters(self.parameters())
         return self
 
     # -- state -------------------------------------------------------------
@@ -189,25 +212,33 @@ class Module:
         state.update({name: b.data for name, b in self._named_members(Buffer)})
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
         """Copy arrays (any backend, e.g. NumPy from a checkpoint) into this model.
 
         Names and shapes must match exactly; every mismatch is listed in one
         error. Arrays are moved to each parameter's current device and cast to
-        its dtype.
+        its dtype. A PyTorch ``state_dict()`` of the same architecture loads as
+        it is (torch tensors on any device; ``num_batches_tracked`` stays an
+        integer). With ``strict=False`` entries the model lacks are skipped and
+        parameters the state lacks keep their values, as in PyTorch; a wrong
+        shape or dtype kind is still an error. Returns ``IncompatibleKeys``
+        (``missing_keys``, ``unexpected_keys``).
         """
+        strict = check_flag(strict, "load_state_dict strict")
         if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
             raise CheckpointError(
                 f"load_state_dict takes a dict of arrays by parameter name (e.g. model.state_dict() or "
                 f"load_checkpoint(path)['model']), got {type(state).__name__}")
         own = dict(self._named_members(Parameter))
         own.update(self._named_members(Buffer))
-        not_arrays = sorted(name for name in state if not (hasattr(state[name], "shape")
-                                                             and hasattr(state[name], "dtype")))
+        # A strict load refuses anything in the state that is not an array; a lax one only what it would load.
+        not_arrays = sorted(name for name in state if (strict or name in own) and not (
+            hasattr(state[name], "shape") and hasattr(state[name], "dtype")))
         if not_arrays:
             raise CheckpointError(f"state dict entries are not arrays: {', '.join(map(str, not_arrays))}")
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
+        result = IncompatibleKeys([name for name in own if name not in state],
+                                  [name for name in state if name not in own])
+        missing, unexpected = (sorted(result.missing_keys), sorted(result.unexpected_keys)) if strict else ((), ())
         mis_shaped = [
             f"{name}: checkpoint {tuple(state[name].shape)} vs model {tuple(own[name].data.shape)}"
             for name in own
@@ -236,13 +267,17 @@ class Module:
             question = "; was it saved from a different architecture?" if missing or unexpected or mis_shaped else ""
             raise CheckpointError("state dict does not fit this model (" + " | ".join(problems) + ")" + question)
         for name, holder in own.items():
+            if name not in state:  # only after a lax load
+                continue
             dtype, value = dtype_name(holder.data), state[name]
             if dtype == "bfloat16" or dtype_name(value) == "bfloat16":  # NumPy has none: cast on the device
-                holder.data = _cast(value, dtype_name(value), dtype, placement_of(holder.data))
-                holder.data = to_device(holder.data, placement_of(holder.data))
+                # (the model's placement, taken before the cast: a torch bfloat16 value casts on torch)
+                placement = placement_of(holder.data)
+                holder.data = to_device(_cast(value, dtype_name(value), dtype, placement), placement)
                 continue
             value = to_numpy(value).astype(numpy.dtype(dtype), copy=False)
             holder.data = to_device(value, placement_of(holder.data))
+        return result
 
     def extra_repr(self) -> str:
         return ""

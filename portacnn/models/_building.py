@@ -1,0 +1,23 @@
+"""What every zoo factory does alike: check its sizes, and hand its layers one host generator."""
+
+from __future__ import annotations
+
+from .._checks import positive_int
+from .._host_random import host_generator
+
+
+def layer_options(factory: str, *, num_classes, in_channels, seed, dtype, device) -> tuple[dict, int, int]:
+    """``(options for every layer, num_classes, in_channels)`` after checking the sizes.
+
+    Every layer draws from the one generator in ``options`` in the order it is
+    built, so ``seed`` decides all the weights, bit for bit, on any backend.
+    """
+    num_classes = positive_int(num_classes, "num_classes", factory)
+    in_channels = positive_int(in_channels, "in_channels", factory)
+    rng = host_generator(seed, f"{factory}: seed")
+    return dict(rng=rng, dtype=dtype, device=device), num_classes, in_channels
+
+
+def without_rng(options: dict) -> dict:
+    """The options a layer without random weights (BatchNorm) takes."""
+    return {key: value for key, value in options.items() if key != "rng"}
