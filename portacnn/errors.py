@@ -68,3 +68,7 @@ class CheckpointError(PortacnnError, ValueError):
 
 class DatasetError(PortacnnError, ValueError):
     """A dataset file is missing, corrupt, or cannot be downloaded."""
+
+
+class ExportError(PortacnnError, ValueError):
+    """A model cannot be exported (``portacnn.onnx``): an op with no ONNX form, or the exporter is missing."""

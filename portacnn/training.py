@@ -75,12 +75,27 @@ PRESETS: dict[str, dict] = {
     "fast": dict(epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
                  lr_step=2, lr_gamma=0.5, train_size=None),
 }
+#: The preset of a run that names none, for a model whose architecture registered no recipe of its own.
 DEFAULT_PRESET = "fast"
+#: Values of the recipe fields that neither the preset/recipe nor the caller set.
+RECIPE_DEFAULTS = dict(optimizer="sgd", scheduler="step", warmup=0, label_smoothing=0.0, augment=False,
+                       normalize=False)
+
+#: Optimizer names a config (``--optimizer``) accepts, and the ``portacnn.optim`` class each builds.
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+#: Learning-rate schedules a config (``--lr-schedule``) accepts: ``step`` multiplies the rate by
+#: ``lr_gamma`` every ``lr_step`` epochs; ``cosine`` anneals it to 0 over all the steps after the warm-up,
+#: step by step; ``onecycle`` is PyTorch's OneCycleLR over the whole run (peak ``lr``); ``constant`` keeps it.
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
 
 # Config fields that change the training trajectory: a resume must keep them.
-_RECIPE = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "train_size", "dtype", "seed")
+_RECIPE = ("model", "dataset", "optimizer", "scheduler", "warmup", "label_smoothing", "augment", "normalize",
+           "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "train_size", "dtype", "seed")
+# Fields a preset or an architecture's recipe may set.
+_TUNABLE = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "train_size",
+            *RECIPE_DEFAULTS)
 # Config fields that may differ between the ranks of a distributed run (everything else must agree).
-_PER_RANK = ("data_dir", "checkpoint_dir", "plot", "metrics_out", "quiet")
+_PER_RANK = ("data_dir", "checkpoint_dir", "plot", "metrics_out", "quiet", "download")
 
 
 class ConfigError(PortacnnError, ValueError):
@@ -93,19 +108,42 @@ class TrainingDivergedError(PortacnnError, RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. Hyperparameters left as None come from ``preset``.
+    """Everything one training run needs. Hyperparameters left as None come from the recipe.
+
+    ``model`` is a registered architecture name (``portacnn.models.available()``:
+    ``"lenet"``, ``"resnet20"``, ...; built with the dataset's channels and
+    classes) or a ``Module`` to train as it is. ``dataset`` is one of
+    ``portacnn.datasets.DATASETS``. ``optimizer`` is a name in
+    :data:`OPTIMIZERS` or a ``portacnn.optim.Optimizer`` over the model's
+    parameters; ``scheduler`` a name in :data:`SCHEDULES` or an
+    ``LRScheduler`` of that optimizer (stepped once per epoch). ``warmup``
+    is a number of epochs of linear learning-rate warm-up (step by step);
+    ``label_smoothing`` goes to the cross-entropy; ``augment`` crops (and,
+    for CIFAR, flips) each training batch on the host; ``normalize``
+    standardises each channel with the dataset's mean and std.
+
+    The recipe: an explicit ``preset`` (:data:`PRESETS`) gives the values
+    left as None; else the architecture's registered recipe
+    (``portacnn.models.recipe_of``); else the ``fast`` preset. Fields no
+    recipe sets take :data:`RECIPE_DEFAULTS`.
 
     ``backend`` is a spec such as ``"numpy"``, ``"torch:cuda:0"`` (None:
-    ``$PORTACNN_BACKEND`` or numpy). ``train_size`` / ``test_size`` use the
-    first N images of each split (None: all). ``data_dir`` None means
-    ``load_mnist``'s default folder. ``checkpoint_dir`` None disables
-    checkpoints (and so ``resume``). ``distributed`` trains data-parallel
-    across the processes of an MPI job (a no-op in a single process).
-    ``compile`` runs each training step and evaluation batch as one compiled
-    function where the backend can (JAX; see ``portacnn.compiled``), and
-    eagerly elsewhere, or when the run is distributed.
+    ``$PORTACNN_BACKEND`` or numpy; for a ``Module``, where it already is).
+    ``train_size`` / ``test_size`` use the first N images of each split
+    (None: all). ``data_dir`` None means the dataset's default folder; a
+    given ``data_dir`` must exist unless ``download`` is True.
+    ``checkpoint_dir`` None disables checkpoints (and so ``resume``).
+    ``distributed`` trains data-parallel across the processes of an MPI job
+    (a no-op in a single process). ``compile`` runs each training step and
+    evaluation batch as one compiled function where the backend can (JAX;
+    see ``portacnn.compiled``), and eagerly elsewhere, or when the run is
+    distributed.
     """
 
+    model: object = "lenet"
+    dataset: str = "mnist"
+    optimizer: object = None
+    scheduler: object = None
     backend: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -114,37 +152,85 @@ class TrainConfig:
     weight_decay: float | None = None
     lr_step: int | None = None
     lr_gamma: float | None = None
+    warmup: int | None = None
+    label_smoothing: float | None = None
+    augment: bool | None = None
+    normalize: bool | None = None
     train_size: int | None = None
     test_size: int | None = None
     dtype: str = "float32"
     seed: int = 0
     data_dir: str | None = None
+    download: bool | None = None
     checkpoint_dir: str | None = None
     resume: bool = False
     plot: str | None = None
     metrics_out: str | None = None
     quiet: bool = False
-    preset: str = DEFAULT_PRESET
+    preset: str | None = None
     distributed: bool = False
     compile: bool = True
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        for name, value in PRESETS[self.preset].items():
+        # What a recipe leaves out comes from the default preset, then RECIPE_DEFAULTS.
+        recipe = {**RECIPE_DEFAULTS, **PRESETS[DEFAULT_PRESET], **self._recipe()}
+        for name in _TUNABLE:
             # train_size None in a preset means "all"; an explicit value wins either way.
             if getattr(self, name) is None:
-                setattr(self, name, value)
+                setattr(self, name, recipe[name])
         self.validate()
+
+    def _recipe(self) -> dict:
+        from .models import available, recipe_of
+
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ConfigError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+            return PRESETS[self.preset]
+        if isinstance(self.model, str) and self.model in available() and recipe_of(self.model):
+            return recipe_of(self.model)
+        self.preset = DEFAULT_PRESET
+        return PRESETS[DEFAULT_PRESET]
+
+    @property
+    def model_name(self) -> str:
+        """The architecture's name, or the class name of a ``Module`` given as it is."""
+        return self.model if isinstance(self.model, str) else type(self.model).__name__
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad value."""
+        from .datasets import DATASETS
+        from .models import available
+        from .nn import Module
+        from .optim import LRScheduler, Optimizer
+
         def positive(name, kind=int):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or (
                     kind is int and int(value) != value):
                 raise ConfigError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
+        if isinstance(self.model, str):
+            if self.model not in available():
+                raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(available())}, or "
+                                  "register your own with portacnn.models.register(name, factory)")
+        elif not isinstance(self.model, Module):
+            raise ConfigError(f"model must be an architecture name or a portacnn.nn.Module, got "
+                              f"{type(self.model).__name__}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
+        if not isinstance(self.optimizer, Optimizer) and self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}, "
+                              "or pass a portacnn.optim.Optimizer")
+        if not isinstance(self.scheduler, LRScheduler) and self.scheduler not in SCHEDULES:
+            raise ConfigError(f"unknown learning-rate schedule {self.scheduler!r}; choose one of: "
+                              f"{', '.join(SCHEDULES)}, or pass a portacnn.optim.LRScheduler")
+        if isinstance(self.scheduler, LRScheduler) and not isinstance(self.optimizer, Optimizer):
+            raise ConfigError("a scheduler object needs the optimizer object it schedules: pass both "
+                              "(optimizer=SGD(model.parameters(), ...), scheduler=CosineAnnealingLR(optimizer, ...))")
+        if isinstance(self.optimizer, Optimizer) and isinstance(self.model, str):
+            raise ConfigError("an optimizer object needs the model object whose parameters it updates: pass "
+                              "model=<the Module> too, or name the optimizer (optimizer='sgd')")
         for name in ("epochs", "batch_size", "lr_step"):
             positive(name)
         positive("lr", float)
@@ -155,15 +241,28 @@ class TrainConfig:
             raise ConfigError(f"momentum and weight_decay must be >= 0, got {self.momentum!r} and {self.weight_decay!r}")
         if not self.lr_gamma > 0:
             raise ConfigError(f"lr_gamma must be positive, got {self.lr_gamma!r}")
+        if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
+            raise ConfigError(f"warmup must be a whole number of epochs >= 0, got {self.warmup!r}")
+        if self.warmup >= self.epochs and self.warmup > 0:
+            raise ConfigError(f"warmup ({self.warmup} epochs) must be shorter than the run ({self.epochs} epochs)")
+        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        for name in ("augment", "normalize", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be True or False, got {self.compile!r}")
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume needs a checkpoint folder: pass checkpoint_dir (--checkpoint-dir)")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as JSON-able values (a ``Module``, optimizer or scheduler object by its class name)."""
+        values = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            values[field.name] = value if value is None or isinstance(value, (str, int, float, bool)) else (
+                type(value).__name__)
+        return values
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -174,13 +273,21 @@ class TrainConfig:
 # data and evaluation
 
 
-def prepare_images(host_images: numpy.ndarray, dtype) -> numpy.ndarray:
-    """Host images as float ``dtype`` in [0, 1]: uint8 is divided by 255, floats are only cast."""
+def prepare_images(host_images: numpy.ndarray, dtype, normalization=None) -> numpy.ndarray:
+    """Host images as float ``dtype`` in [0, 1]: uint8 is divided by 255, floats are only cast.
+
+    ``normalization`` ``(mean, std)``, one value per channel, then standardises each channel.
+    """
     if host_images.dtype == numpy.uint8:
         images = host_images.astype(dtype)
         images /= 255
-        return images
-    return host_images.astype(dtype, copy=False)
+    else:
+        images = host_images.astype(dtype, copy=normalization is not None)
+    if normalization is not None:
+        mean, std = (numpy.asarray(values, dtype=images.dtype).reshape(1, -1, 1, 1) for values in normalization)
+        images -= mean
+        images /= std
+    return images
 
 
 def _model_placement(model):
@@ -194,11 +301,13 @@ def _model_placement(model):
 EVAL_BATCH_SIZE = 250
 
 
-def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE, compile: bool = True):
+def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE, compile: bool = True, normalization=None):
     """Mean cross-entropy, accuracy and predicted classes of ``model`` on host arrays.
 
-    ``images`` (N, 1, 28, 28) uint8 or float, ``labels`` (N,) integers, both
-    NumPy. Runs in eval mode (restoring the previous mode) in batches of
+    ``images`` (N, C, H, W) uint8 or float, ``labels`` (N,) integers, both
+    NumPy; ``normalization`` is the ``(mean, std)`` per channel the model
+    was trained with (see :func:`prepare_images`), or None.
+    Runs in eval mode (restoring the previous mode) in batches of
     ``batch_size``; reads results back from the device once. With
     ``compile`` (the default) the forward is one compiled function where the
     backend can compile (JAX). Returns
@@ -217,7 +326,8 @@ def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE, compile: 
     loss_sums, all_logits = [], []
     try:
         for start in range(0, len(labels), batch_size):
-            x = to_device(prepare_images(images[start:start + batch_size], dtype), placement)
+            batch = images[start:start + batch_size]
+            x = to_device(prepare_images(batch, dtype, *([normalization] if normalization else [])), placement)
             y = to_device(labels[start:start + batch_size].astype(LABEL_DTYPE), placement)
             if forward is not None:
                 logits = forward(x)
@@ -315,10 +425,10 @@ def write_plot(path, history: list[dict]) -> None:
 
 
 def _load_data(config: TrainConfig):
-    from .datasets import load_mnist
+    from .datasets import load_dataset
 
-    train_images, train_labels = load_mnist("train", root=config.data_dir)
-    test_images, test_labels = load_mnist("test", root=config.data_dir)
+    train_images, train_labels = load_dataset(config.dataset, "train", root=config.data_dir, download=config.download)
+    test_images, test_labels = load_dataset(config.dataset, "test", root=config.data_dir, download=config.download)
     if config.train_size is not None:
         train_images, train_labels = train_images[:config.train_size], train_labels[:config.train_size]
     if config.test_size is not None:
@@ -327,9 +437,11 @@ def _load_data(config: TrainConfig):
 
 
 def _check_resumable(config: TrainConfig, checkpoint: dict) -> None:
-    saved = checkpoint.get("config") or {}
-    different = [f"{name}: checkpoint {saved.get(name)!r} vs now {getattr(config, name)!r}"
-                 for name in _RECIPE if name in saved and saved[name] != getattr(config, name)]
+    saved, now = checkpoint.get("config") or {}, config.to_dict()
+    # A schedule planned over the whole run (cosine, one-cycle, a warm-up) would change course with --epochs.
+    planned = config.scheduler in ("cosine", "onecycle") or config.warmup
+    different = [f"{name}: checkpoint {saved.get(name)!r} vs now {now[name]!r}"
+                 for name in _RECIPE + ("epochs",) * bool(planned) if name in saved and saved[name] != now[name]]
     if different:
         raise CheckpointError(
             f"cannot resume from {checkpoint['path']}: it was trained with a different recipe ("
@@ -367,8 +479,12 @@ def _flush(xp, pending_losses, pending_logits, pending_labels, epoch, first_step
 # NumPy would warn about overflow before the loss turns NaN; _flush reports that clearly instead.
 @numpy.errstate(over="ignore", invalid="ignore")
 def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed=None,
-                 compiled_step=None):
+                 compiled_step=None, prepare=None, batch_scheduler=None):
     """One epoch of steps → (mean train loss, train accuracy).
+
+    ``prepare`` turns a host batch of images into the float batch the model
+    takes (augmentation, scaling, normalisation); ``batch_scheduler`` is a
+    learning-rate scheduler stepped after every optimizer step (or None).
 
     With ``distributed`` (the module, in a multi-process job) this process
     trains on its shard of each global batch and the gradients are averaged
@@ -388,10 +504,12 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
     try:
         for step in range(1, steps + 1):
             index = order[(step - 1) * config.batch_size: step * config.batch_size]
-            local = index if distributed is None else distributed.shard(index)
-            if len(local):  # only the last, short batch can leave a process without images
-                x = to_device(prepare_images(images[local], config.dtype), placement)
-                host_labels = labels[local].astype(LABEL_DTYPE)
+            local = slice(None) if distributed is None else distributed.shard(numpy.arange(len(index)))
+            if len(index[local]):  # only the last, short batch can leave a process without images
+                # With augmentation every rank prepares the whole batch, so the random draws stay in step across ranks.
+                host = prepare(images[index])[local] if config.augment else prepare(images[index[local]])
+                x = to_device(host, placement)
+                host_labels = labels[index[local]].astype(LABEL_DTYPE)
                 y = to_device(host_labels, placement)
                 if compiled_step is not None:  # forward, backward and update in one compiled call
                     loss, logits = compiled_step(x, y)
@@ -406,9 +524,11 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
             if compiled_step is None:
                 if distributed is not None:
                     # ... so each gradient counts by its share of the batch: the sum is the batch mean's gradient.
-                    distributed.allreduce_gradients(model, weight=len(local) / len(index))
+                    distributed.allreduce_gradients(model, weight=len(index[local]) / len(index))
                 optimizer.step()
                 optimizer.zero_grad()
+            if batch_scheduler is not None:
+                batch_scheduler.step()
 
             bar.update(len(index))
             if step % SYNC_EVERY == 0 or step == steps:
@@ -453,23 +573,40 @@ def _flush_distributed(xp, pending_losses, pending_logits, pending_labels, epoch
     return sum(loss for (loss, _), _ in gathered), sum(correct for (_, correct), _ in gathered)
 
 
-def _evaluate_distributed(model, images, labels):
+def _evaluate_distributed(model, images, labels, normalization=None):
     """``evaluate`` with each rank scoring its shard of the test images; returns the global (loss, accuracy)."""
     distributed = _distributed()
     start, stop = distributed.shard_bounds(len(labels))
     local = (0.0, 0)
     if stop > start:
-        loss, _, predicted = evaluate(model, images[start:stop], labels[start:stop])
+        loss, _, predicted = evaluate(model, images[start:stop], labels[start:stop], normalization=normalization)
         local = (loss * (stop - start), int(numpy.sum(predicted == numpy.asarray(labels[start:stop]))))
     gathered = distributed.allgather(local)
     return sum(loss for loss, _ in gathered) / len(labels), sum(correct for _, correct in gathered) / len(labels)
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def _plan(config: TrainConfig) -> str:
     size = "all" if config.train_size is None else f"{config.train_size:,}"
-    return (f"preset {config.preset}: {config.epochs} epochs, {size} training images, batch {config.batch_size}, "
-            f"SGD lr {config.lr:g} momentum {config.momentum:g} weight decay {config.weight_decay:g}, "
-            f"lr x{config.lr_gamma:g} every {config.lr_step} epochs, {config.dtype}")
+    recipe = f"preset {config.preset}" if config.preset else f"the {config.model_name} recipe"
+    optimizer = (type(config.optimizer).__name__ if not isinstance(config.optimizer, str)
+                 else OPTIMIZERS[config.optimizer])
+    if isinstance(config.optimizer, str):
+        optimizer += f" lr {config.lr:g} momentum {config.momentum:g} weight decay {config.weight_decay:g}"
+    if not isinstance(config.scheduler, str):
+        schedule = f"{type(config.scheduler).__name__} every epoch"
+    elif config.scheduler == "step":
+        schedule = f"lr x{config.lr_gamma:g} every {_plural(config.lr_step, 'epoch')}"
+    else:
+        schedule = f"{config.scheduler} schedule"
+    extras = [f"{_plural(config.warmup, 'epoch')} of warm-up"] if config.warmup else []
+    extras += [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
+    extras += ["augmented"] * config.augment + ["normalized"] * config.normalize
+    return (f"{recipe}: {_plural(config.epochs, 'epoch')}, {size} training images, batch {config.batch_size}, "
+            f"{optimizer}, {schedule}, " + "".join(f"{extra}, " for extra in extras) + config.dtype)
 
 
 def train(config: TrainConfig) -> dict:
@@ -496,10 +633,102 @@ def train(config: TrainConfig) -> dict:
         return _train(config)
 
 
+def _build_model(config: TrainConfig, info, placement):
+    """The model to train: a registered architecture built for the dataset, or the given Module moved there."""
+    import inspect
+
+    from .models import create
+    from .models._registry import _entry
+
+    if not isinstance(config.model, str):
+        return config.model.to(placement, dtype=config.dtype)
+    # Pass the dataset's shape to the options the architecture has (LeNet's layers fix its input size).
+    options = dict(num_classes=info.num_classes, in_channels=info.in_channels, input_size=info.image_size[0])
+    accepted = inspect.signature(_entry(config.model).factory).parameters
+    return create(config.model, seed=config.seed, dtype=config.dtype, device=placement,
+                  **{name: value for name, value in options.items() if name in accepted})
+
+
+def _check_model_fits(model, info, placement, dtype) -> None:
+    """One image through the model before training: a wrong input or class count fails here, clearly."""
+    sample = numpy.zeros((1, info.in_channels, *info.image_size), dtype=dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            out = model(to_device(sample, placement))
+    except PortacnnError as error:
+        raise ConfigError(f"the model cannot take the dataset's {info.in_channels}x{info.image_size[0]}x"
+                          f"{info.image_size[1]} images: {error}") from error
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (1, info.num_classes):
+        raise ConfigError(f"the model gives outputs of shape {tuple(out.shape)[1:]} per image, but {info.name} has "
+                          f"{info.num_classes} classes: build it with num_classes={info.num_classes}")
+
+
+def _build_optimizer(config: TrainConfig, model):
+    from . import optim
+
+    if not isinstance(config.optimizer, str):
+        owned = {id(p) for p in config.optimizer.params}
+        if any(id(p) not in owned for p in model.parameters() if p.requires_grad):
+            raise ConfigError("the optimizer does not hold the model's parameters: build it with "
+                              "model.parameters() of the model you pass")
+        return config.optimizer
+    options = dict(lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer in ("sgd", "rmsprop"):
+        options["momentum"] = config.momentum
+    return getattr(optim, OPTIMIZERS[config.optimizer])(model.parameters(), **options)
+
+
+def _build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+    """``(scheduler, stepped_every_batch)``; the named schedules other than per-epoch ``step`` go step by step."""
+    from .optim import (CosineAnnealingLR, LinearLR, MultiStepLR, OneCycleLR, SequentialLR, StepLR)
+
+    if not isinstance(config.scheduler, str):
+        return config.scheduler, False
+    if config.scheduler == "step" and not config.warmup:
+        return StepLR(optimizer, config.lr_step, config.lr_gamma), False
+    total, warmup = config.epochs * steps_per_epoch, config.warmup * steps_per_epoch
+    if config.scheduler == "onecycle":
+        pct_start = config.warmup / config.epochs if config.warmup else 0.3
+        return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+                          pct_start=pct_start, cycle_momentum=False), True
+    if config.scheduler == "cosine":
+        main = CosineAnnealingLR(optimizer, T_max=total - warmup)
+    elif config.scheduler == "step":
+        milestones = list(range(config.lr_step * steps_per_epoch - warmup, total, config.lr_step * steps_per_epoch))
+        main = MultiStepLR(optimizer, milestones=[m for m in milestones if m > 0] or [total], gamma=config.lr_gamma)
+    else:  # constant
+        main = LinearLR(optimizer, start_factor=1.0, end_factor=1.0, total_iters=1)
+    if not warmup:
+        return main, True
+    # Step i of the warm-up runs at (i + 1) / warmup of the rate: the last one at the full rate.
+    ramp = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=max(warmup - 1, 1))
+    return SequentialLR(optimizer, [ramp, main], milestones=[warmup]), True
+
+
+def _host_pipeline(config: TrainConfig, info, rng):
+    """``(prepare, normalization)``: the host function from a batch of raw images to the model's input."""
+    from .datasets.transforms import augment
+
+    normalization = (info.mean, info.std) if config.normalize else None
+    # A flipped digit or letter is another symbol; photos (CIFAR) keep their class when mirrored.
+    flip = info.name.startswith("cifar")
+    padding = 4 if info.image_size[0] >= 32 else 2
+
+    def prepare(batch):
+        if config.augment:
+            batch = augment(batch, rng, padding=padding, flip=flip)
+        return prepare_images(batch, config.dtype, *([normalization] if normalization else []))
+
+    return prepare, normalization
+
+
 def _train(config: TrainConfig) -> dict:
-    from .models import lenet
+    from .datasets import dataset_info
     from .nn import CrossEntropyLoss
-    from .optim import SGD, StepLR
 
     started = time.perf_counter()
     config.validate()
@@ -530,13 +759,17 @@ def _train(config: TrainConfig) -> dict:
         raise ConfigError(f"batch_size {config.batch_size} is smaller than the {distributed.world_size()} processes: "
                           "each needs at least one image of every batch")
 
-    model = lenet(seed=config.seed, dtype=config.dtype, device=placement)
-    # load_mnist guarantees labels 0-9 for LeNet's 10 outputs; a per-step range
-    # check would force a device sync every step on GPUs.
-    loss_fn = CrossEntropyLoss(check_labels=False)
-    optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = StepLR(optimizer, config.lr_step, config.lr_gamma)
+    info = dataset_info(config.dataset)
+    model = _build_model(config, info, placement)
+    _check_model_fits(model, info, placement, config.dtype)
+    # The loaders guarantee labels below the dataset's class count, which the model was just checked to
+    # output; a per-step range check would force a device sync every step on GPUs.
+    loss_fn = CrossEntropyLoss(check_labels=False, label_smoothing=config.label_smoothing)
+    optimizer = _build_optimizer(config, model)
+    scheduler, batch_scheduler = _build_scheduler(config, optimizer, math.ceil(len(train_labels) / config.batch_size))
+    # One generator shuffles and augments, so its checkpointed state resumes both exactly.
     rng = numpy.random.default_rng(config.seed)
+    prepare, normalization = _host_pipeline(config, info, rng)
     history: list[dict] = []
     start_epoch = 0
     if checkpoint is not None:
@@ -561,29 +794,34 @@ def _train(config: TrainConfig) -> dict:
             "wall_seconds": time.perf_counter() - started,
         }
 
+    # What evaluate, predict and export need to feed the model as it was trained.
+    saved_config = {**config.to_dict(), "input_shape": [info.in_channels, *info.image_size],
+                    "normalization": [list(normalization[0]), list(normalization[1])] if normalization else None}
     compiled_step = (CompiledTrainStep(model, loss_fn, optimizer)
                      if config.compile and distributed is None and can_compile(model) else None)
     where = placement.spec if distributed is None else (
         f"{distributed.world_size()} MPI processes ({placement.spec} on rank 0), data-parallel")
     if compiled_step is not None:
         where += " (each step compiled; --no-compile to run eagerly)"
-    _say(config, f"training LeNet on {where}; {_plan(config)}")
+    _say(config, f"training {config.model_name} on {info.name} on {where}; {_plan(config)}")
     for epoch in range(start_epoch + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
         order = rng.permutation(len(train_labels))
         try:
             train_loss, train_accuracy = _train_epoch(
                 model, loss_fn, optimizer, train_images, train_labels, order, config, placement, epoch, distributed,
-                compiled_step)
+                compiled_step, prepare, scheduler if batch_scheduler else None)
         except TrainingDivergedError as error:
             raise TrainingDivergedError(f"{error}{_checkpoint_note(config)}") from None
         lr = optimizer.lr
-        scheduler.step()
+        if not batch_scheduler:
+            scheduler.step()
         with numpy.errstate(over="ignore", invalid="ignore"):
             if distributed is None:
-                test_loss, test_accuracy, _ = evaluate(model, test_images, test_labels, compile=config.compile)
+                test_loss, test_accuracy, _ = evaluate(model, test_images, test_labels, compile=config.compile,
+                                                       normalization=normalization)
             else:
-                test_loss, test_accuracy = _evaluate_distributed(model, test_images, test_labels)
+                test_loss, test_accuracy = _evaluate_distributed(model, test_images, test_labels, normalization)
         if not (math.isfinite(test_loss) and math.isfinite(train_loss)):
             raise TrainingDivergedError(
                 f"training diverged: the test loss became {test_loss} after epoch {epoch}, step "
@@ -601,8 +839,7 @@ def _train(config: TrainConfig) -> dict:
         _say(config, f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
                      f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {history[-1]['seconds']:.1f}s")
         if config.checkpoint_path is not None and lead:
-            save_checkpoint(config.checkpoint_path, model, optimizer, scheduler, epoch, rng, config.to_dict(),
-                            history, architecture="lenet")
+            save_checkpoint(config.checkpoint_path, model, optimizer, scheduler, epoch, rng, saved_config, history)
         if config.metrics_out and lead:
             write_metrics(config.metrics_out, metrics())
         if config.plot and lead:
@@ -610,7 +847,8 @@ def _train(config: TrainConfig) -> dict:
 
     result = metrics()
     if start_epoch >= config.epochs:
-        _say(config, f"the checkpoint already has {start_epoch} epochs (asked for {config.epochs}); nothing to train")
+        _say(config, f"the checkpoint already has {_plural(start_epoch, 'epoch')} (asked for {config.epochs}); "
+                     "nothing to train")
         if config.plot and history and lead:
             write_plot(config.plot, history)
     if config.metrics_out and lead:

@@ -66,12 +66,48 @@ def write_fake_mnist(folder: Path, n_train=120, n_test=40, seed=0) -> Path:
     return folder
 
 
-def offline_datasets(md5s: str = "gz") -> dict:
-    """The ``portacnn.datasets`` settings of an offline test: no mirrors, and the md5 table ``md5s`` picks.
+#: The mirror lists and md5 tables of the datasets other than MNIST (whose are MIRRORS and MNIST_FILES).
+_OTHER_MIRRORS = ("FASHION_MNIST_MIRRORS", "KMNIST_MIRRORS", "CIFAR10_MIRRORS", "CIFAR100_MIRRORS")
+_OTHER_MD5S = ("FASHION_MNIST_FILES", "KMNIST_FILES", "CIFAR10_FILES", "CIFAR100_FILES")
 
-    ``"gz"``: only the ``.gz`` entries, so generated (uncompressed) files load
-    and real ``.gz`` files keep their md5 check; ``"none"``: no md5 checked;
-    ``"all"``: the table as shipped.
+
+def write_fake_cifar10(folder: Path, n_train=50, n_test=20, seed=0) -> Path:
+    """A ``cifar-10-binary.tar.gz`` in the official layout (five train batches, one test batch), with few
+    images: noise plus a bright square whose position encodes the label, in one colour channel per label."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def records(count):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = rng.integers(0, 40, (count, 3, 32, 32)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            row, col = 4 + 2 * (label % 5), 4 + 12 * (label // 5)
+            images[i, label % 3, row:row + 10, col:col + 10] = 255
+        return np.concatenate([labels[:, None], images.reshape(count, -1)], axis=1).tobytes()
+
+    members = {f"data_batch_{i}.bin": records(n_train // 5 + (i <= n_train % 5)) for i in range(1, 6)}
+    members["test_batch.bin"] = records(n_test)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    (folder / "cifar-10-binary.tar.gz").write_bytes(buffer.getvalue())
+    return folder
+
+
+def offline_datasets(md5s: str = "gz") -> dict:
+    """The ``portacnn.datasets`` settings of an offline test: no mirrors (for any dataset), and the md5
+    table ``md5s`` picks.
+
+    ``"gz"``: only the ``.gz`` entries, so generated (uncompressed) IDX files
+    load and real ``.gz`` files keep their md5 check, and no CIFAR archive
+    md5 (a generated archive has the real archive's name); ``"none"``: no
+    md5 checked, for any dataset; ``"all"``: every table as shipped.
     """
     from portacnn import datasets
 
@@ -80,7 +116,13 @@ def offline_datasets(md5s: str = "gz") -> dict:
               "none": dict}
     if md5s not in tables:
         raise ValueError(f"md5s must be one of {sorted(tables)}, got {md5s!r}")
-    return {"MIRRORS": [], "MNIST_FILES": tables[md5s]()}
+    settings = {"MIRRORS": [], "MNIST_FILES": tables[md5s]()}
+    settings.update({name: [] for name in _OTHER_MIRRORS})
+    if md5s == "none":
+        settings.update({name: {} for name in _OTHER_MD5S})
+    elif md5s == "gz":
+        settings.update({name: {} for name in _OTHER_MD5S if name.startswith("CIFAR")})
+    return settings
 
 
 def offline_environment(monkeypatch, home: Path, *, md5s: str = "gz") -> None:
@@ -118,18 +160,20 @@ def rewrite_checkpoint(path, change_arrays=None, change_metadata=None) -> None:
 
 
 def capture_lenets(monkeypatch) -> list:
-    """Patch ``portacnn.models.lenet`` so every LeNet built from now on (by ``train()``, say) is also
-    appended to the returned list. ``monkeypatch`` is anything with pytest's ``setattr(target, name, value)``."""
-    import portacnn.models
+    """Patch the registered ``lenet`` architecture so every LeNet built from now on (by ``train()`` or
+    ``build_model``, say) is also appended to the returned list. ``monkeypatch`` is anything with
+    pytest's ``setattr(target, name, value)``."""
+    from portacnn.models._registry import _REGISTRY
 
     models = []
-    real_lenet = portacnn.models.lenet
+    entry = _REGISTRY["lenet"]
+    real_lenet = entry.factory
 
     def capturing_lenet(*args, **kwargs):
         models.append(real_lenet(*args, **kwargs))
         return models[-1]
 
-    monkeypatch.setattr(portacnn.models, "lenet", capturing_lenet)
+    monkeypatch.setattr(entry, "factory", capturing_lenet)
     return models
 
 

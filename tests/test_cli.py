@@ -78,7 +78,8 @@ def test_train_writes_metrics_and_plot(fake_mnist, tmp_path, capsys):
         assert image.format == "PNG" and image.size[0] > 100
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["metrics.json"]
     assert sorted(p.name for p in plot_path.parent.iterdir()) == ["curves.png"]
-    assert capsys.readouterr().out == ""  # --quiet
+    out = capsys.readouterr().out.splitlines()  # --quiet: only the final result line
+    assert len(out) == 1 and out[0].startswith("final test accuracy: ")
 
 
 def test_train_prints_progress_lines_unless_quiet(fake_mnist, capsys):

@@ -20,6 +20,7 @@ whole step (forward, backward, update) traces under ``jax.jit``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 
@@ -36,6 +37,7 @@ __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_en
 
 class _GradMode(threading.local):
     enabled = True
+    trace = None  # a list while trace_calls() is active: every Function call is appended to it
 
 
 _grad_mode = _GradMode()
@@ -302,6 +304,8 @@ class Function:
     def apply(cls, *inputs, **options):
         """Run ``forward`` on the inputs' arrays; record the node when any input needs a gradient."""
         # This runs for every op of every step: it is written for speed.
+        if _grad_mode.trace is not None:  # an exporter is recording the calls (trace_calls)
+            return _traced_apply(cls, inputs, options)
         if options:
             for value in options.values():
                 if isinstance(value, Tensor):
@@ -340,6 +344,52 @@ class Function:
 
     def __repr__(self):
         return f"<{type(self).__name__}>"
+
+
+class TracedCall:
+    """One ``Function.apply`` call seen by :func:`trace_calls`: what went in and what came out.
+
+    ``inputs`` are the positional arguments as given (Tensors, backend
+    arrays, numbers, None), ``options`` the keyword arguments, ``outputs``
+    the result (a Tensor, or a tuple of them).
+    """
+
+    __slots__ = ("function", "inputs", "options", "outputs")
+
+    def __init__(self, function, inputs, options, outputs):
+        self.function, self.inputs, self.options, self.outputs = function, inputs, options, outputs
+
+    def __repr__(self):
+        return f"<TracedCall {self.function.__name__}>"
+
+
+def _traced_apply(cls, inputs, options):
+    calls = _grad_mode.trace
+    _grad_mode.trace = None  # the call itself runs as usual (and anything it applies is not a separate call)
+    try:
+        outputs = cls.apply(*inputs, **options)
+    finally:
+        _grad_mode.trace = calls
+    calls.append(TracedCall(cls, inputs, options, outputs))
+    return outputs
+
+
+@contextlib.contextmanager
+def trace_calls():
+    """Record every ``Function.apply`` call made inside the block, in order, as :class:`TracedCall`s.
+
+    For exporters (``portacnn.onnx``): unlike the backward graph, which keeps
+    only the inputs that need a gradient and what ``backward`` needs, a
+    trace keeps every input (frozen parameters, buffers, constants) and the
+    op's options exactly as passed. It records whether or not grad mode is
+    on, so run it under ``no_grad()`` to keep no saved arrays.
+    """
+    previous = _grad_mode.trace
+    calls = _grad_mode.trace = []
+    try:
+        yield calls
+    finally:
+        _grad_mode.trace = previous
 
 
 _FREED = "_freed"
