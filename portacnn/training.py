@@ -174,10 +174,13 @@ class TrainConfig:
     def __post_init__(self):
         # What a recipe leaves out comes from the default preset, then RECIPE_DEFAULTS.
         recipe = {**RECIPE_DEFAULTS, **PRESETS[DEFAULT_PRESET], **self._recipe()}
+        warmup_given = self.warmup is not None
         for name in _TUNABLE:
             # train_size None in a preset means "all"; an explicit value wins either way.
             if getattr(self, name) is None:
                 setattr(self, name, recipe[name])
+        if not warmup_given and isinstance(self.epochs, int) and self.warmup >= self.epochs:
+            self.warmup = max(self.epochs - 1, 0)  # a shorter run than the recipe's keeps some of the main schedule
         self.validate()
 
     def _recipe(self) -> dict:

@@ -139,6 +139,8 @@ def test_the_model_recipe_fills_what_no_preset_or_flag_sets():
     assert config.preset is None
     assert TrainConfig(model="test_mlp", preset="seed").batch_size == 5  # an explicit preset wins
     assert TrainConfig().preset == "fast"  # lenet has no recipe of its own: the fast preset
+    # A run shorter than the recipe's warm-up keeps at least one epoch of the main schedule.
+    assert TrainConfig(model="resnet8", epochs=1).warmup == 0 and TrainConfig(model="resnet8", epochs=3).warmup == 1
 
 
 @pytest.mark.parametrize("options, fragment", [

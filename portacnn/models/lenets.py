@@ -13,25 +13,30 @@ from ._building import layer_options
 __all__ = ["lenet", "lenet5"]
 
 
-def lenet(*, seed: int = 0, num_classes: int = 10, dtype="float32", device=None) -> Sequential:
-    """The write-up's LeNet for 1x28x28 images.
+def lenet(*, seed: int = 0, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, dtype="float32",
+          device=None) -> Sequential:
+    """The write-up's LeNet, for ``in_channels`` x ``input_size`` x ``input_size`` images (1x28x28: MNIST).
 
     conv 20@5x5 → ReLU → max-pool 2 → conv 50@5x5 → ReLU → max-pool 2 →
     fc 500 → ReLU → fc ``num_classes``. Weights come from
     ``numpy.random.default_rng(seed)``: He-normal before ReLU, Glorot-uniform
     for the output layer; biases start at zero.
     """
+    for name, value, low in (("in_channels", in_channels, 1), ("input_size", input_size, 16)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+            raise ArgumentError(f"lenet: {name} must be a whole number >= {low}, got {value!r}")
+    side = ((input_size - 4) // 2 - 4) // 2  # two 5x5 convolutions, each followed by a 2x2 max-pool
     rng = numpy.random.default_rng(seed)
     options = dict(rng=rng, dtype=dtype, device=device)
     return Sequential(
-        Conv2d(1, 20, 5, **options),
+        Conv2d(in_channels, 20, 5, **options),
         ReLU(),
         MaxPool2d(2),
         Conv2d(20, 50, 5, **options),
         ReLU(),
         MaxPool2d(2),
         Flatten(),
-        Linear(50 * 4 * 4, 500, **options),
+        Linear(50 * side * side, 500, **options),
         ReLU(),
         Linear(500, num_classes, init="glorot", **options),
     )
