@@ -6,6 +6,8 @@ The rest of the library never imports an array library: it calls
 
 from __future__ import annotations
 
+import math
+
 import array_api_compat
 
 from .errors import BackendMismatchError, DTypeError
@@ -103,3 +105,61 @@ def device_of(x):
 
 def is_floating(xp, x) -> bool:
     return xp.isdtype(x.dtype, "real floating")
+
+
+# --------------------------------------------------------------------------
+# unknown sizes
+#
+# The standard lets a lazy library report a size it does not know yet as
+# None in ``x.shape``: ndonnx does for the batch of an ONNX graph built for any
+# batch size. The math reshapes with -1, reads only the sizes it needs, and
+# takes a size it needs but cannot read (a mean's divisor, a zero array's
+# batch) from the data, with the helpers below. Given arrays whose sizes are
+# all known they cost one ``None in shape`` test and return what they did.
+
+
+def reshape_sizes(shape) -> tuple:
+    """``shape`` for ``xp.reshape``: an unknown size (None) becomes -1, so at most one may be unknown."""
+    if None not in shape:
+        return tuple(shape)
+    return tuple(-1 if size is None else size for size in shape)
+
+
+def with_sizes(xp, y, shape):
+    """``y``, reshaped to ``shape`` (None: unknown) where ``y.shape`` lacks sizes that ``shape`` states.
+
+    A lazy library may lose track of sizes an op knows (ndonnx's ``max`` over
+    an axis, a batched ``matmul``); the next op may need them (a conv's
+    channels), and a reshape states them again.
+    """
+    if None not in y.shape or tuple(y.shape) == tuple(shape) or list(shape).count(None) > 1:
+        return y
+    return xp.reshape(y, reshape_sizes(shape))
+
+
+def count(xp, x, axes=None):
+    """How many elements of ``x`` lie along ``axes`` (all axes when None).
+
+    An int when those sizes are known; where one is unknown (None), a 0-d
+    array of ``x``'s dtype counted from the data, which the graph computes.
+    """
+    shape = x.shape
+    sizes = shape if axes is None else tuple(map(shape.__getitem__, axes))
+    if None not in sizes:
+        return math.prod(sizes)
+    ndim = len(shape)
+    unknown = {axis % ndim for axis in (range(ndim) if axes is None else axes) if shape[axis] is None}
+    sample = x[tuple(slice(None) if axis in unknown else 0 for axis in range(ndim))]
+    counted = xp.sum(xp.ones_like(sample, dtype=xp.int64)) * math.prod(size for size in sizes if size is not None)
+    return xp.astype(counted, x.dtype)
+
+
+def full(xp, shape, fill_value, *, dtype, device, like):
+    """``xp.full(shape, fill_value)``, where an unknown size (None) in ``shape`` is taken from
+    the same axis of ``like`` (an array of ``len(shape)`` axes), by adding a zero slice of it."""
+    if None not in shape:
+        return xp.full(shape, fill_value, dtype=dtype, device=device)
+    sample = like[tuple(slice(None) if size is None else slice(0, 1) for size in shape)]
+    known = tuple(1 if size is None else size for size in shape)
+    filled = xp.full(known, fill_value, dtype=dtype, device=device) + xp.zeros_like(sample, dtype=dtype)
+    return with_sizes(xp, filled, shape)

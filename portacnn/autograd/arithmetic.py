@@ -13,7 +13,7 @@ import operator
 
 import array_api_extra as xpx
 
-from .._arrays import device_of, namespace_of, writes_through_views
+from .._arrays import device_of, namespace_of, reshape_sizes, writes_through_views
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from .tape import Function, Tensor
 
@@ -205,7 +205,7 @@ class Reshape(Function):
         return xp.reshape(x, shape)
 
     def backward(self, grad):
-        return self.xp.reshape(grad, self.input_shape)
+        return self.xp.reshape(grad, reshape_sizes(self.input_shape))  # a lazy size (None) is read as -1
 
 
 def _basic_key(key):

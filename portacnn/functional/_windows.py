@@ -10,7 +10,7 @@ import functools
 
 import array_api_extra as xpx
 
-from .._arrays import writes_through_views
+from .._arrays import device_of, full, writes_through_views
 from ..errors import ShapeError
 
 
@@ -53,8 +53,12 @@ def batch_first(xp, x):
 
 def contiguous(xp, x):
     """``x`` with its own row-major memory: a no-op when it already has it, one copy when it
-    is a strided view (the standard has no ``ascontiguousarray``; flattening copies only then)."""
-    return xp.reshape(xp.reshape(x, (-1,)), tuple(x.shape))
+    is a strided view (the standard has no ``ascontiguousarray``; flattening copies only then).
+    An array with an unknown size (None, a lazy library's graph) has no memory layout to fix."""
+    shape = x.shape
+    if None in shape:
+        return x
+    return xp.reshape(xp.reshape(x, (-1,)), tuple(shape))
 
 
 def pad_spatial(xp, x, padding: tuple[int, int], value: float):
@@ -62,14 +66,31 @@ def pad_spatial(xp, x, padding: tuple[int, int], value: float):
     if padding == (0, 0):
         return x
     ph, pw = padding
-    return xpx.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=value, xp=xp)
+    return pad_hw(xp, x, (ph, ph), (pw, pw), value)
+
+
+def pad_hw(xp, x, rows: tuple[int, int], cols: tuple[int, int], value: float):
+    """Pad a batch-last (C, H, W, N) array by ``rows`` (top, bottom) and ``cols`` (left, right).
+
+    ``xpx.pad`` needs every size known; an array with an unknown size (None,
+    a lazy library's batch) is padded by concatenating blocks of ``value``.
+    """
+    if None not in x.shape:
+        return xpx.pad(x, ((0, 0), rows, cols, (0, 0)), constant_values=value, xp=xp)
+    for axis, widths in ((1, rows), (2, cols)):
+        blocks = [full(xp, tuple(width if a == axis else size for a, size in enumerate(x.shape)), value,
+                       dtype=x.dtype, device=device_of(x), like=x) if width else None for width in widths]
+        pieces = [piece for piece in (blocks[0], x, blocks[1]) if piece is not None]
+        if len(pieces) > 1:
+            x = xp.concat(pieces, axis=axis)
+    return x
 
 
 def unpad_spatial(x, padding: tuple[int, int]):
     ph, pw = padding
     if padding == (0, 0):
         return x
-    return x[:, ph:x.shape[1] - ph, pw:x.shape[2] - pw, :]
+    return x[:, ph:-ph or None, pw:-pw or None, :]  # reads no size (a lazy library may not know them)
 
 
 def padded_shape(x, padding):
@@ -104,7 +125,11 @@ def scatter_taps(xp, shape, dtype, device, slices, tap_grads, *, disjoint=False)
     per-call overhead), else with ``array_api_extra.at``, which is an
     in-place update on mutable arrays and a functional one on JAX.
     """
-    grad = xp.zeros(shape, dtype=dtype, device=device)
+    if shape[-1] is None:  # a lazy library's unknown batch: the zeros take it from a tap gradient
+        tap_grads = list(tap_grads)
+        grad = full(xp, shape, 0, dtype=dtype, device=device, like=tap_grads[0])
+    else:
+        grad = xp.zeros(shape, dtype=dtype, device=device)
     if writes_through_views(grad):
         for (rows, cols), tap_grad in zip(slices, tap_grads):
             if disjoint:

@@ -90,31 +90,31 @@ def im2col(xp, x, geometry: ConvGeometry):
     An input that is not batch-last in memory (a user's NCHW batch) is copied
     to that layout once first: gathering 25 taps from it directly is slower.
     """
-    n, c = x.shape[0], x.shape[1]
     padded = pad_spatial(xp, contiguous(xp, batch_last(xp, x)), geometry.padding, 0.0)
     cols = xp.stack(window_taps(padded, geometry.slices), axis=1)
-    return xp.reshape(cols, (c * len(geometry.slices), geometry.out_hw[0] * geometry.out_hw[1] * n))
+    return xp.reshape(cols, (x.shape[1] * len(geometry.slices), -1))  # -1: the batch may be unknown (None)
 
 
-def conv2d_from_patches(xp, cols, batch_size: int, weight, bias, geometry: ConvGeometry):
-    """The conv2d output from the patch matrix ``im2col`` built."""
+def conv2d_from_patches(xp, cols, batch_size, weight, bias, geometry: ConvGeometry):
+    """The conv2d output from the patch matrix ``im2col`` built (``batch_size`` is not read: the
+    patch matrix holds it, and a lazy library may not know it)."""
     out_channels, groups = weight.shape[0], geometry.groups
     if groups == 1:
         out = xp.matmul(xp.reshape(weight, (out_channels, -1)), cols)
     else:  # one batched matmul: (G, O/G, C/G*kh*kw) @ (G, C/G*kh*kw, L)
-        out = xp.matmul(xp.reshape(weight, (groups, out_channels // groups, -1)),
-                        xp.reshape(cols, (groups, -1, cols.shape[1])))
-        out = xp.reshape(out, (out_channels, cols.shape[1]))
+        grouped = xp.reshape(weight, (groups, out_channels // groups, -1))
+        out = xp.matmul(grouped, _grouped(xp, cols, groups))
+        out = xp.reshape(out, (out_channels, -1))
     if bias is not None:
         out = out + xp.reshape(bias, (out_channels, 1))
     # Computed batch-last, (O, OH, OW, N), and returned as an NCHW view of
     # that memory, which the next layer's batch-last view undoes for free.
-    return batch_first(xp, xp.reshape(out, (out_channels, *geometry.out_hw, batch_size)))
+    return batch_first(xp, xp.reshape(out, (out_channels, *geometry.out_hw, -1)))
 
 
 def _grouped(xp, matrix, groups: int):
-    """(R, K) → (G, R/G, K): the rows of each group as one batch entry."""
-    return xp.reshape(matrix, (groups, matrix.shape[0] // groups, matrix.shape[1]))
+    """(R, K) → (G, R/G, K): the rows of each group as one batch entry (K, holding the batch, is not read)."""
+    return xp.reshape(matrix, (groups, matrix.shape[0] // groups, -1))
 
 
 def _transposed(xp, batch):
@@ -131,8 +131,8 @@ def conv2d_input_grad(xp, grad, input_shape, weight, geometry: ConvGeometry):
     else:
         grad_cols = xp.matmul(_transposed(xp, xp.reshape(weight, (groups, out_channels // groups, -1))),
                               _grouped(xp, grad, groups))
-    grad_cols = xp.reshape(grad_cols, (c, len(geometry.slices), oh, ow, n))
-    padded_shape = (c, height + 2 * padding[0], width + 2 * padding[1], n)
+    grad_cols = xp.reshape(grad_cols, (c, len(geometry.slices), oh, ow, -1))
+    padded_shape = (c, height + 2 * padding[0], width + 2 * padding[1], n)  # n may be None: scatter_taps copes
     grad_x = scatter_taps(
         xp, padded_shape, grad.dtype, device_of(grad), geometry.slices,
         (grad_cols[:, t, ...] for t in range(len(geometry.slices))),
@@ -154,7 +154,7 @@ def conv2d_backward_from_patches(xp, grad_out, cols, input_shape, weight, geomet
     n = input_shape[0]
     out_channels, (oh, ow) = weight.shape[0], geometry.out_hw
     check_grad(grad_out, cols, (n, out_channels, oh, ow), "conv2d_backward")
-    grad = xp.reshape(batch_last(xp, grad_out), (out_channels, oh * ow * n))
+    grad = xp.reshape(batch_last(xp, grad_out), (out_channels, -1))
     grad_weight = conv2d_weight_grad(xp, grad, cols, weight.shape, geometry.groups)
     grad_bias = xp.sum(grad, axis=1)
     if not input_grad:
@@ -234,8 +234,7 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     the gradient of ``conv2d`` with respect to its input, as in PyTorch."""
     xp, geometry, out_shape = conv_transpose_geometry(x, weight, bias, stride=stride, padding=padding,
                                                       output_padding=output_padding, groups=groups, dilation=dilation)
-    n, c, height, width = x.shape
-    grad = xp.reshape(batch_last(xp, x), (c, height * width * n))
+    grad = xp.reshape(batch_last(xp, x), (x.shape[1], -1))
     out = conv2d_input_grad(xp, grad, out_shape, weight, geometry)
     if bias is not None:
         out = out + xp.reshape(bias, (out_shape[1], 1, 1, 1))
@@ -245,9 +244,9 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
 def conv_transpose2d_backward_from_input(xp, grad_out, x, weight, geometry: ConvGeometry, input_grad: bool = True):
     """Gradients of conv_transpose2d → ``(grad_x or None, grad_weight, grad_bias)``: im2col of ``grad_out``,
     then the matching conv2d's forward (for x) and weight gradient."""
-    n, c, height, width = x.shape
+    n = x.shape[0]
     cols = im2col(xp, grad_out, geometry)
-    grad_weight = conv2d_weight_grad(xp, xp.reshape(batch_last(xp, x), (c, height * width * n)), cols,
+    grad_weight = conv2d_weight_grad(xp, xp.reshape(batch_last(xp, x), (x.shape[1], -1)), cols,
                                      weight.shape, geometry.groups)
     grad_bias = xp.sum(grad_out, axis=(0, 2, 3))
     grad_x = conv2d_from_patches(xp, cols, n, weight, None, geometry) if input_grad else None

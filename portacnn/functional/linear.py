@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._arrays import namespace_of
+from .._arrays import namespace_of, with_sizes
 from .._checks import check_grad, require_float, require_ndim, require_same_dtype
 from .._dispatch import tape_aware
 from ..errors import ShapeError
@@ -30,6 +30,8 @@ def linear(x, weight, bias=None):
     """``x @ weight.T + bias`` for ``x`` of shape (N, in_features)."""
     xp = _linear_setup(x, weight, bias)
     out = xp.matmul(weight, x.T).T
+    if None in x.shape:  # a lazy library may lose the sizes of a product with an unknown batch (ndonnx does)
+        out = with_sizes(xp, out, (x.shape[0], weight.shape[0]))
     return out if bias is None else out + bias
 
 
@@ -43,4 +45,7 @@ def linear_backward(grad_out, x, weight):
         grad_weight = grad_out.T * x
     else:
         grad_weight = xp.matmul(grad_out.T, x)
-    return xp.matmul(grad_out, weight), grad_weight, xp.sum(grad_out, axis=0)
+    grad_x = xp.matmul(grad_out, weight)
+    if None in x.shape:  # as in linear
+        grad_x, grad_weight = with_sizes(xp, grad_x, x.shape), with_sizes(xp, grad_weight, weight.shape)
+    return grad_x, grad_weight, xp.sum(grad_out, axis=0)

@@ -10,9 +10,7 @@ rather than integer indexing, which the array rules forbid in the backward.
 
 from __future__ import annotations
 
-import math
-
-from .._arrays import device_of, namespace_of
+from .._arrays import count, describe_array, device_of, namespace_of
 from .._checks import (
     check_grad,
     check_reduction,
@@ -61,7 +59,16 @@ def _check_label_range(xp, labels, num_classes: int, op: str, labels_name: str, 
     too_small = labels < 0 if info.min < 0 else None
     too_large = labels >= num_classes if num_classes <= info.max else None
     bad = too_small if too_large is None else too_large if too_small is None else too_small | too_large
-    if bad is None or not bool(xp.any(bad)):
+    if bad is None:
+        return
+    try:
+        found = bool(xp.any(bad))
+    except (TypeError, ValueError) as error:  # a lazy array (jax.jit's tracer, ndonnx's graph) has no values yet
+        raise ArgumentError(
+            f"{op}: check_labels=True reads the {labels_name}' values, and these {labels_name} "
+            f"({describe_array(labels)}) have none to read yet; check them where they are known and pass "
+            "check_labels=False") from error
+    if not found:
         return
     low, high = int(xp.min(labels)), int(xp.max(labels))
     raise ArgumentError(
@@ -141,7 +148,8 @@ def cross_entropy(logits, labels, *, weight=None, reduction: str = "mean", label
                                          label_smoothing=label_smoothing, check_labels=False), logits.dtype)
     target, label_weight = _cross_entropy_targets(xp, logits, labels, weight, label_smoothing)
     if reduction == "mean" and label_weight is None:
-        return -xp.sum(target * log_softmax(logits)) / logits.shape[0]
+        # ``or``: a lazy library's unknown batch (None) is counted from the data
+        return -xp.sum(target * log_softmax(logits)) / (logits.shape[0] or count(xp, logits, (0,)))
     losses = -xp.sum(target * log_softmax(logits), axis=1)
     if reduction == "mean":
         return xp.sum(losses) / xp.sum(label_weight)
@@ -172,7 +180,7 @@ def cross_entropy_backward(logits, labels, *, weight=None, reduction: str = "mea
     else:
         grad = softmax(logits) * xp.sum(target, axis=1, keepdims=True) - target
     if reduction == "mean":
-        grad = grad / (logits.shape[0] if label_weight is None else xp.sum(label_weight))
+        grad = grad / ((logits.shape[0] or count(xp, logits, (0,))) if label_weight is None else xp.sum(label_weight))
     if grad_out is None:
         return grad
     return grad * (xp.reshape(grad_out, (-1, 1)) if reduction == "none" else grad_out)
@@ -190,9 +198,10 @@ def _reduce(xp, losses, reduction: str):
     return losses
 
 
-def _per_element_grad(grad_out, count: int, reduction: str):
-    """The upstream gradient each element's loss receives: a 0-d array, or ``grad_out`` itself for 'none'."""
-    return grad_out / count if reduction == "mean" else grad_out
+def _per_element_grad(grad_out, elements, reduction: str):
+    """The upstream gradient each element's loss receives: a 0-d array, or ``grad_out`` itself for 'none'.
+    ``elements`` is an int, or a 0-d array where a lazy library does not know the batch size."""
+    return grad_out / elements if reduction == "mean" else grad_out
 
 
 def _zero(xp, x):
@@ -229,7 +238,7 @@ def nll_loss(input, target, *, reduction: str = "mean", check_labels: bool = Tru
 def nll_loss_backward(grad_out, input, target, *, reduction: str = "mean", check_labels: bool = True):
     """Gradient with respect to ``input`` (the target is integer: it has none)."""
     xp, reduction = _nll_setup(input, target, reduction, check_labels, "nll_loss_backward", grad_out)
-    per_sample = _per_element_grad(grad_out, input.shape[0], reduction)
+    per_sample = _per_element_grad(grad_out, count(xp, input, (0,)), reduction)
     if reduction == "none":
         per_sample = xp.reshape(per_sample, (-1, 1))
     return -xp.where(_class_mask(xp, target, input.shape[1]), per_sample, _zero(xp, input))
@@ -253,7 +262,7 @@ def _paired_setup(input, target, reduction, op: str, grad_out=None):
         # (N, N) loss, which is never what was meant.
         raise ShapeError(f"{op}: target has shape {tuple(target.shape)} but input has shape {tuple(input.shape)}; "
                          "they must be equal: reshape one, e.g. target.reshape(input.shape)")
-    if reduction == "mean" and math.prod(input.shape) == 0:
+    if reduction == "mean" and 0 in input.shape:  # an unknown size (None, a lazy library's) is not read
         raise ShapeError(f"{op}: the mean over an empty input (shape {tuple(input.shape)}) is undefined; pass at "
                          "least one element, or use reduction='sum'")
     if grad_out is not None:
@@ -270,8 +279,8 @@ def mse_loss(input, target, *, reduction: str = "mean"):
 
 def mse_loss_backward(grad_out, input, target, *, reduction: str = "mean"):
     """Gradients with respect to ``(input, target)``."""
-    _, reduction = _paired_setup(input, target, reduction, "mse_loss_backward", grad_out)
-    grad_input = 2.0 * (input - target) * _per_element_grad(grad_out, math.prod(input.shape), reduction)
+    xp, reduction = _paired_setup(input, target, reduction, "mse_loss_backward", grad_out)
+    grad_input = 2.0 * (input - target) * _per_element_grad(grad_out, count(xp, input), reduction)
     return grad_input, -grad_input
 
 
@@ -284,7 +293,7 @@ def l1_loss(input, target, *, reduction: str = "mean"):
 def l1_loss_backward(grad_out, input, target, *, reduction: str = "mean"):
     """Gradients with respect to ``(input, target)``; 0 where they are equal, as in PyTorch."""
     xp, reduction = _paired_setup(input, target, reduction, "l1_loss_backward", grad_out)
-    grad_input = xp.sign(input - target) * _per_element_grad(grad_out, math.prod(input.shape), reduction)
+    grad_input = xp.sign(input - target) * _per_element_grad(grad_out, count(xp, input), reduction)
     return grad_input, -grad_input
 
 
@@ -302,6 +311,6 @@ def binary_cross_entropy_with_logits(input, target, *, reduction: str = "mean"):
 
 def binary_cross_entropy_with_logits_backward(grad_out, input, target, *, reduction: str = "mean"):
     """Gradients with respect to ``(input, target)``."""
-    _, reduction = _paired_setup(input, target, reduction, "binary_cross_entropy_with_logits_backward", grad_out)
-    scale = _per_element_grad(grad_out, math.prod(input.shape), reduction)
+    xp, reduction = _paired_setup(input, target, reduction, "binary_cross_entropy_with_logits_backward", grad_out)
+    scale = _per_element_grad(grad_out, count(xp, input), reduction)
     return (sigmoid(input) - target) * scale, -input * scale

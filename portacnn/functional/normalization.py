@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .._arrays import namespace_of
+from .._arrays import count, namespace_of, reshape_sizes
 from .._checks import (
     check_grad,
     check_number,
@@ -39,8 +39,7 @@ def _batch_norm_setup(x, running_mean, running_var, weight, bias):
         require_same_dtype(x, a, "x", name)
     axes = (0,) + tuple(range(2, x.ndim))
     broadcast = (1, channels) + (1,) * (x.ndim - 2)
-    count = math.prod(x.shape[i] for i in axes)
-    return xp, axes, broadcast, count
+    return xp, axes, broadcast
 
 
 @tape_aware
@@ -52,7 +51,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     normalise and the running ones move by ``momentum`` (the variance with
     Bessel's correction, as PyTorch does); in eval the running ones normalise.
     """
-    xp, axes, broadcast, count = _batch_norm_setup(x, running_mean, running_var, weight, bias)
+    xp, axes, broadcast = _batch_norm_setup(x, running_mean, running_var, weight, bias)
     check_number(momentum, "batch_norm momentum", low=0.0, high=1.0)
     check_number(eps, "batch_norm eps", low=0.0, low_inclusive=False)
     if narrow(xp, x):
@@ -63,14 +62,17 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                                           momentum=momentum, eps=eps)
         return restore(xp, y, x.dtype), restore(xp, new_mean, x.dtype), restore(xp, new_var, x.dtype)
     if training:
-        if count < 2:
+        # The values per channel: a 0-d array where a lazy library does not know the batch size (and
+        # then it cannot be checked here).
+        values = count(xp, x, axes)
+        if isinstance(values, int) and values < 2:
             raise ShapeError(f"batch_norm in training needs more than one value per channel, got input shape {tuple(x.shape)}")
         mean = xp.mean(x, axis=axes)
         var = xp.var(x, axis=axes)
         if running_mean is not None:
             running_mean = (1.0 - momentum) * running_mean + momentum * mean
         if running_var is not None:
-            running_var = (1.0 - momentum) * running_var + momentum * var * (count / (count - 1))
+            running_var = (1.0 - momentum) * running_var + momentum * var * (values / (values - 1))
     else:
         if running_mean is None or running_var is None:
             raise ArgumentError("batch_norm in eval mode needs running_mean and running_var (training=False); "
@@ -86,7 +88,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, training=False, eps=1e-5):
     """Gradients of ``batch_norm`` → ``(grad_x, grad_weight, grad_bias)``."""
-    xp, axes, broadcast, count = _batch_norm_setup(x, running_mean, running_var, weight, None)
+    xp, axes, broadcast = _batch_norm_setup(x, running_mean, running_var, weight, None)
     check_grad(grad_out, x, x.shape, "batch_norm_backward")
     check_number(eps, "batch_norm eps", low=0.0, low_inclusive=False)
     if narrow(xp, x):
@@ -109,7 +111,8 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, 
         return grad_x_hat * inv_std, grad_weight, grad_bias
     sum_grad = xp.reshape(xp.sum(grad_x_hat, axis=axes), broadcast)
     sum_grad_x_hat = xp.reshape(xp.sum(grad_x_hat * x_hat, axis=axes), broadcast)
-    grad_x = inv_std / count * (count * grad_x_hat - sum_grad - x_hat * sum_grad_x_hat)
+    values = count(xp, x, axes)
+    grad_x = inv_std / values * (values * grad_x_hat - sum_grad - x_hat * sum_grad_x_hat)
     return grad_x, grad_weight, grad_bias
 
 
@@ -207,6 +210,17 @@ def _group_norm_setup(x, num_groups, weight, bias, eps, op):
     return xp, broadcast, (0,) + tuple(range(2, x.ndim))
 
 
+def _grouped_shape(x, num_groups: int) -> tuple:
+    """(N, num_groups, values per group) for ``reshape``, with -1 for the one size a lazy library may
+    not know: the batch's where it is unknown (None), else the group's."""
+    if x.shape[0] is not None:
+        return (x.shape[0], num_groups, -1)
+    if None in x.shape[1:]:
+        raise ShapeError(f"group_norm: an input of shape {tuple(x.shape)} (None: unknown) cannot be grouped; "
+                         "only the batch size may be unknown")
+    return (-1, num_groups, math.prod(x.shape[1:]) // num_groups)
+
+
 @tape_aware
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """Group normalisation (PyTorch's ``group_norm``): the C channels of (N, C, *) input split into
@@ -215,9 +229,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     ``weight`` and ``bias``, when given, are per channel, shape (C,).
     """
     xp, broadcast, _ = _group_norm_setup(x, num_groups, weight, bias, eps, "group_norm")
-    grouped = xp.reshape(x, (x.shape[0], num_groups, -1))
-    x_hat, _ = _normalize(xp, grouped, (2,), eps)
-    y = xp.reshape(x_hat, x.shape)
+    x_hat, _ = _normalize(xp, xp.reshape(x, _grouped_shape(x, num_groups)), (2,), eps)
+    y = xp.reshape(x_hat, reshape_sizes(x.shape))
     if weight is not None:
         y = y * xp.reshape(weight, broadcast)
     if bias is not None:
@@ -229,9 +242,10 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, eps=1e-5):
     """Gradients of ``group_norm`` → ``(grad_x, grad_weight, grad_bias)``."""
     xp, broadcast, axes = _group_norm_setup(x, num_groups, weight, None, eps, "group_norm_backward")
     check_grad(grad_out, x, x.shape, "group_norm_backward")
-    grouped_shape = (x.shape[0], num_groups, -1)
+    grouped_shape = _grouped_shape(x, num_groups)
     x_hat, inv_std = _normalize(xp, xp.reshape(x, grouped_shape), (2,), eps)
     grad_x_hat = grad_out if weight is None else grad_out * xp.reshape(weight, broadcast)
     grad_x = _normalize_backward(xp, xp.reshape(grad_x_hat, grouped_shape), x_hat, inv_std, (2,))
-    x_hat = xp.reshape(x_hat, x.shape)
-    return xp.reshape(grad_x, x.shape), xp.sum(grad_out * x_hat, axis=axes), xp.sum(grad_out, axis=axes)
+    x_hat = xp.reshape(x_hat, reshape_sizes(x.shape))
+    return (xp.reshape(grad_x, reshape_sizes(x.shape)), xp.sum(grad_out * x_hat, axis=axes),
+            xp.sum(grad_out, axis=axes))

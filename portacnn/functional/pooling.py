@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 
-import array_api_extra as xpx
-
-from .._arrays import device_of, namespace_of
+from .._arrays import device_of, namespace_of, with_sizes
 from .._checks import check_grad, is_real_number, pair, require_float, require_ndim
 from .._dispatch import tape_aware
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
@@ -14,6 +12,7 @@ from ._windows import (
     batch_first,
     batch_last,
     output_hw,
+    pad_hw,
     scatter_taps,
     tap_slices,
     window_taps,
@@ -66,7 +65,7 @@ def _pad(xp, x, pads, value: float):
     (top, left), (bottom, right) = pads
     if (top, left, bottom, right) == (0, 0, 0, 0):
         return x
-    return xpx.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value, xp=xp)
+    return pad_hw(xp, x, (top, bottom), (left, right), value)
 
 
 def _padded_shape(x, pads):
@@ -289,10 +288,12 @@ def _adaptive_windows(size: int, out: int):
     return tuple(((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out))
 
 
-def _adaptive_reduce(xp, x, axis: int, out: int, reduce):
-    """Reduce each adaptive window along ``axis`` (2 or 3) of an NCHW array: one slice per output."""
+def _adaptive_reduce(xp, x, axis: int, size: int, out: int, reduce):
+    """Reduce each adaptive window along ``axis`` (2 or 3, of ``size`` elements) of an NCHW array: one
+    slice per output. ``size`` comes from the op's input: ``x`` may be a result whose sizes a lazy
+    library lost track of (ndonnx's ``max``)."""
     parts = []
-    for start, end in _adaptive_windows(x.shape[axis], out):
+    for start, end in _adaptive_windows(size, out):
         window = x[:, :, start:end, :] if axis == 2 else x[:, :, :, start:end]
         parts.append(reduce(window, axis=axis, keepdims=True))
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=axis)
@@ -315,7 +316,7 @@ def _window_matrix(xp, x, size: int, out: int, *, mean: bool, offset: int | None
 def adaptive_avg_pool2d(x, output_size):
     """Mean over PyTorch's adaptive windows: ``output_size`` is an int or a pair (None keeps that size)."""
     xp, (oh, ow) = _adaptive_setup(x, output_size, "adaptive_avg_pool2d")
-    return _adaptive_reduce(xp, _adaptive_reduce(xp, x, 3, ow, xp.mean), 2, oh, xp.mean)
+    return _adaptive_reduce(xp, _adaptive_reduce(xp, x, 3, x.shape[3], ow, xp.mean), 2, x.shape[2], oh, xp.mean)
 
 
 def adaptive_avg_pool2d_backward(grad_out, x, output_size):
@@ -324,21 +325,22 @@ def adaptive_avg_pool2d_backward(grad_out, x, output_size):
     check_grad(grad_out, x, (x.shape[0], x.shape[1], oh, ow), "adaptive_avg_pool2d_backward")
     rows = _window_matrix(xp, x, x.shape[2], oh, mean=True)
     cols = _window_matrix(xp, x, x.shape[3], ow, mean=True)
-    return xp.matmul(xp.matmul(xp.matrix_transpose(rows), grad_out), cols)
+    return with_sizes(xp, xp.matmul(xp.matmul(xp.matrix_transpose(rows), grad_out), cols), x.shape)
 
 
 @tape_aware
 def adaptive_max_pool2d(x, output_size, return_indices=False):
     """Max over PyTorch's adaptive windows (``return_indices=True`` is not supported)."""
     xp, (oh, ow) = _adaptive_setup(x, output_size, "adaptive_max_pool2d", return_indices)
-    return _adaptive_reduce(xp, _adaptive_reduce(xp, x, 3, ow, xp.max), 2, oh, xp.max)
+    pooled = _adaptive_reduce(xp, _adaptive_reduce(xp, x, 3, x.shape[3], ow, xp.max), 2, x.shape[2], oh, xp.max)
+    return with_sizes(xp, pooled, (x.shape[0], x.shape[1], oh, ow))
 
 
-def _adaptive_max_axis_backward(xp, grad, x, pooled, axis: int):
-    """Gradient through the max over windows along ``axis`` of ``x`` (giving ``pooled``): each window's
-    gradient goes to its first maximum. Taps are the window offsets; each tap's elements are gathered
-    with ``take`` and its gradient summed back with a constant 0/1 matrix (a product, not a scatter)."""
-    size, out = x.shape[axis], pooled.shape[axis]
+def _adaptive_max_axis_backward(xp, grad, x, pooled, axis: int, size: int, out: int):
+    """Gradient through the max over windows along ``axis`` of ``x`` (``size`` elements, giving ``pooled``,
+    ``out``): each window's gradient goes to its first maximum. Taps are the window offsets; each tap's
+    elements are gathered with ``take`` and its gradient summed back with a constant 0/1 matrix (a product,
+    not a scatter)."""
     windows = _adaptive_windows(size, out)
     longest = max(end - start for start, end in windows)
     remaining = grad
@@ -366,7 +368,9 @@ def adaptive_max_pool2d_backward(grad_out, x, output_size):
     step picks the first row holding the maximum, the columns step the first column in that row."""
     xp, (oh, ow) = _adaptive_setup(x, output_size, "adaptive_max_pool2d_backward")
     check_grad(grad_out, x, (x.shape[0], x.shape[1], oh, ow), "adaptive_max_pool2d_backward")
-    by_columns = _adaptive_reduce(xp, x, 3, ow, xp.max)
-    pooled = _adaptive_reduce(xp, by_columns, 2, oh, xp.max)
-    grad_columns = _adaptive_max_axis_backward(xp, grad_out, by_columns, pooled, 2)
-    return _adaptive_max_axis_backward(xp, grad_columns, x, by_columns, 3)
+    height, width = x.shape[2], x.shape[3]
+    by_columns = _adaptive_reduce(xp, x, 3, width, ow, xp.max)
+    pooled = _adaptive_reduce(xp, by_columns, 2, height, oh, xp.max)
+    grad_columns = _adaptive_max_axis_backward(xp, grad_out, by_columns, pooled, 2, height, oh)
+    grad_x = _adaptive_max_axis_backward(xp, grad_columns, x, by_columns, 3, width, ow)
+    return with_sizes(xp, grad_x, x.shape)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import struct
 
-from .._arrays import device_of, namespace_of
+from .._arrays import device_of, namespace_of, with_sizes
 from .._checks import check_grad, is_real_number, pair, require_float, require_ndim
 from .._dispatch import tape_aware
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
@@ -132,7 +132,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
             x = xp.take(x, index, axis=axis)
         return x
     rows, cols = _matrices(xp, x, out_hw, scales, mode, align_corners)
-    return xp.matmul(xp.matmul(rows, x), xp.matrix_transpose(cols))
+    # with_sizes: a lazy library may lose the sizes of a product with an unknown batch (ndonnx does)
+    return with_sizes(xp, xp.matmul(xp.matmul(rows, x), xp.matrix_transpose(cols)), (*x.shape[:2], *out_hw))
 
 
 def interpolate_backward(grad_out, x, size=None, scale_factor=None, mode="nearest", align_corners=None):
@@ -140,4 +141,4 @@ def interpolate_backward(grad_out, x, size=None, scale_factor=None, mode="neares
     xp, out_hw, scales = _setup(x, size, scale_factor, mode, align_corners, "interpolate_backward")
     check_grad(grad_out, x, (x.shape[0], x.shape[1], *out_hw), "interpolate_backward")
     rows, cols = _matrices(xp, x, out_hw, scales, mode, align_corners)
-    return xp.matmul(xp.matmul(xp.matrix_transpose(rows), grad_out), cols)
+    return with_sizes(xp, xp.matmul(xp.matmul(xp.matrix_transpose(rows), grad_out), cols), x.shape)
