@@ -4,12 +4,21 @@ A *spec* names a backend and optionally a device: ``"numpy"``, ``"cupy:1"``,
 ``"torch:cuda:0"``, ``"jax:cpu"``, ``"array_api_strict:device1"``. The
 backend's own modules (``numpy_backend`` ...) import their library only when
 first asked, so importing this package never loads torch, jax or cupy.
+
+Other backends plug in: ``register(name, backend)`` in-process, or an entry
+point in the group ``portacnn.backends`` of an installed distribution
+(``pip install portacnn-<x>`` makes ``"<x>"`` a spec). Entry points are
+loaded once, the first time a name that is not built in is looked up or the
+backends are listed; docs/backends.md shows how to write one.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
+import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,26 +28,37 @@ import numpy
 from portacnn._dispatch import TapeValue
 from portacnn.errors import BackendError, DTypeError
 
-from ._base import Backend
+from ._base import Backend, PluginBackend, lookup_device, version_of
 
 __all__ = [
+    "BUILTIN_BACKENDS",
+    "ENTRY_POINT_GROUP",
     "ENV_VAR",
     "KNOWN_BACKENDS",
     "Backend",
     "BackendInfo",
+    "PluginFailure",
     "Placement",
     "available_backends",
+    "backend_names",
     "default_spec",
     "dtype_name",
     "get_backend",
+    "is_host_array",
+    "lookup_device",
     "parse_spec",
     "placement_of",
+    "plugin_failures",
+    "register",
     "synchronize",
     "to_device",
     "to_numpy",
+    "unregister",
+    "version_of",
 ]
 
 ENV_VAR = "PORTACNN_BACKEND"
+ENTRY_POINT_GROUP = "portacnn.backends"
 
 # Spec prefix -> module of this package. placement_of asks them in this order.
 _MODULES = {
@@ -48,16 +68,189 @@ _MODULES = {
     "jax": "jax_backend",
     "array_api_strict": "array_api_strict_backend",
 }
-KNOWN_BACKENDS = tuple(_MODULES)
+BUILTIN_BACKENDS = tuple(_MODULES)
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin backend that could not be used: which, from where, and why."""
+
+    name: str
+    entry_point: str  # e.g. "mylib = portacnn_mylib:backend", or "" for register()
+    distribution: str  # the installed distribution that declares it, or ""
+    error: str  # "importing it raised ImportError: ..."
+
+    def message(self) -> str:
+        where = f"entry point '{self.entry_point}' in group {ENTRY_POINT_GROUP!r}" if self.entry_point else "plugin"
+        source = f" of {self.distribution}" if self.distribution else ""
+        fix = f"fix or reinstall {self.distribution}, or uninstall it" if self.distribution else "fix the plugin"
+        what = "failed to load" if self.entry_point else "failed"
+        return f"backend {self.name!r} ({where}{source}) {what}: {self.error}; {fix}"
+
+
+# Plugins by name, in registration order (register() and entry points).
+# A plugin registered under a built-in name (replace=True) is found here first.
+_PLUGINS: dict[str, PluginBackend] = {}
+# Entry points that failed to load or to pass the protocol check, by name.
+_FAILURES: dict[str, PluginFailure] = {}
+_discovered = False
+_discovering = False
+# Discovery imports third-party code once; a lock keeps two threads from
+# doing it twice (RLock: a plugin's import may itself look a backend up).
+_lock = threading.RLock()
+_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+def _canonical_name(text: str) -> str:
+    # Specs are case-insensitive and accept "-" for "_" (array-api-strict).
+    return text.strip().lower().replace("-", "_")
+
+
+def _forget_cached_flags() -> None:
+    # portacnn._arrays caches writable_views per array type; a (re)registration
+    # may change which backend owns a type.
+    import sys
+
+    arrays = sys.modules.get("portacnn._arrays")
+    if arrays is not None:
+        arrays._WRITABLE_VIEWS_BY_TYPE.clear()
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise BackendError(
+            f"a backend name must be lower-case letters, digits and underscores, starting with a letter "
+            f"(it is the spec prefix before ':'), got {name!r}")
+
+
+def register(name: str, backend: Any, *, replace: bool = False) -> None:
+    """Make ``backend`` usable as the spec prefix ``name`` (``"name"``, ``"name:<device>"``).
+
+    ``backend`` is any object or module with the members of the ``Backend``
+    protocol (docs/backends.md); optional ones left out get their defaults.
+    A ``BackendError`` names every missing member, a malformed name, or a
+    name already taken by a built-in or another plugin (pass ``replace=True``
+    to take it over; ``unregister`` gives it back).
+    """
+    _check_name(name)
+    wrapped = PluginBackend(name, backend)  # checks the protocol
+    _discover()  # so a clash with an installed plugin is caught now, not at its first use
+    _add(wrapped, replace=replace)
+
+
+def _add(wrapped: PluginBackend, *, replace: bool) -> None:
+    name = wrapped.name
+    with _lock:
+        if not replace and (name in _MODULES or name in _PLUGINS):
+            taken = f"the plugin {_PLUGINS[name]!r}" if name in _PLUGINS else "the built-in backend"
+            raise BackendError(f"backend name {name!r} is already taken by {taken}; pick another name, "
+                               "or pass replace=True to replace it")
+        _PLUGINS[name] = wrapped
+        _FAILURES.pop(name, None)
+    _forget_cached_flags()
+
+
+def unregister(name: str) -> None:
+    """Remove the plugin ``name`` (a built-in it replaced comes back); ``BackendError`` if there is none."""
+    with _lock:
+        if _PLUGINS.pop(name, None) is None:
+            raise BackendError(f"no plugin backend named {name!r} is registered; registered: "
+                               f"{', '.join(_PLUGINS) or '(none)'}")
+    _forget_cached_flags()
+
+
+def _entry_points():
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def _discover() -> None:
+    """Load every ``portacnn.backends`` entry point, once; a failure is recorded, never raised."""
+    global _discovered, _discovering
+    if _discovered:
+        return
+    with _lock:
+        # _discovering: a plugin that looks a backend up while it is being
+        # imported (same thread: the lock is reentrant) must not recurse.
+        if _discovered or _discovering:
+            return
+        _discovering = True
+        try:
+            entry_points = list(_entry_points())
+        except Exception as error:  # noqa: BLE001 - broken metadata must not break the built-ins
+            entry_points = []
+            _FAILURES["?"] = PluginFailure("?", "", "", f"listing the entry points raised {type(error).__name__}: "
+                                                        f"{error}")
+        try:
+            for entry in entry_points:
+                _load_entry_point(entry)
+        finally:
+            # Set last, so another thread never sees discovery done while plugins are still loading.
+            _discovering = False
+            _discovered = True
+
+
+def _load_entry_point(entry) -> None:
+    dist = getattr(entry, "dist", None)
+    distribution = getattr(dist, "name", "") or ""
+    name = _canonical_name(entry.name)
+    failure = None
+    try:
+        _check_name(name)
+        if name in _MODULES or name in _PLUGINS:
+            # Two distributions offering one name, or one shadowing a built-in:
+            # keep what is there and say so, rather than pick one silently.
+            raise BackendError(f"the name {name!r} is already taken by "
+                               f"{'the built-in backend' if name in _MODULES else _PLUGINS[name].source}")
+        try:
+            backend = entry.load()
+        except Exception as error:  # noqa: BLE001 - any import failure is reported, not fatal
+            raise BackendError(f"importing it raised {type(error).__name__}: {error}") from error
+        source = f"plugin from {distribution}" if distribution else f"plugin {entry.value}"
+        _add(PluginBackend(name, backend, source=source, distribution=distribution or None,
+                           distribution_version=getattr(dist, "version", None)), replace=False)
+    except BackendError as error:
+        failure = PluginFailure(name, f"{entry.name} = {entry.value}", distribution, str(error))
+    if failure is not None:
+        _FAILURES.setdefault(name, failure)
+
+
+def plugin_failures() -> list[PluginFailure]:
+    """The plugins that could not be loaded (after looking for them once)."""
+    _discover()
+    return list(_FAILURES.values())
+
+
+def backend_names() -> list[str]:
+    """Every spec prefix known here: the built-ins, then the registered plugins (usable or not)."""
+    _discover()
+    return list(_MODULES) + [name for name in _PLUGINS if name not in _MODULES]
+
+
+def __getattr__(attribute: str):
+    # KNOWN_BACKENDS reads like a constant but includes the plugins, so
+    # looking it up discovers them; BUILTIN_BACKENDS is the fixed part.
+    if attribute == "KNOWN_BACKENDS":
+        return tuple(backend_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 def get_backend(name: str) -> Backend:
-    """The backend module for a spec prefix, e.g. ``get_backend("torch")``."""
-    if name not in _MODULES:
-        raise BackendError(
-            f"unknown backend {name!r}; known backends: {', '.join(KNOWN_BACKENDS)}"
-        )
-    return importlib.import_module(f".{_MODULES[name]}", __name__)
+    """The backend for a spec prefix, e.g. ``get_backend("torch")`` (a module, or a ``PluginBackend``)."""
+    plugin = _PLUGINS.get(name)
+    if plugin is not None:
+        return plugin
+    if name in _MODULES:
+        return importlib.import_module(f".{_MODULES[name]}", __name__)
+    _discover()
+    if name in _PLUGINS:
+        return _PLUGINS[name]
+    if name in _FAILURES:
+        raise BackendError(_FAILURES[name].message())
+    raise BackendError(
+        f"unknown backend {name!r}; known backends: {', '.join(backend_names())}. Other libraries plug in "
+        f"as packages with a {ENTRY_POINT_GROUP!r} entry point (e.g. pip install portacnn-{name}) or with "
+        "portacnn.backends.register"
+    )
 
 
 def _spec(backend: str, label: str) -> str:
@@ -112,11 +305,12 @@ class Placement:
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """One usable backend: its name, library version and device specs."""
+    """One usable backend: its name, library version, device specs and where it comes from."""
 
     name: str
     version: str
     devices: tuple[str, ...]
+    source: str = "built-in"  # or "plugin from portacnn-<x>", "registered in-process"
 
 
 def default_spec() -> str:
@@ -142,7 +336,7 @@ def parse_spec(spec: str | Placement | None = None) -> Placement:
     prefix, _, device = spec.strip().partition(":")
     name = prefix.strip().lower().replace("-", "_")  # also accept array-api-strict
     backend = get_backend(name)
-    if not backend.is_available():
+    if not _usable(backend):
         raise BackendError(
             f"backend {name!r} is not usable on this machine; install it with: "
             f"{backend.install_hint}"
@@ -150,17 +344,40 @@ def parse_spec(spec: str | Placement | None = None) -> Placement:
     return Placement(name, backend.parse_device(device.strip() or None))
 
 
+def _usable(backend) -> bool:
+    if not isinstance(backend, PluginBackend):
+        return backend.is_available()
+    try:
+        return backend.is_available()
+    except Exception as error:  # noqa: BLE001 - third-party code: say whose it is
+        raise BackendError(f"backend {backend.name!r} ({backend.source}) raised {type(error).__name__}: {error} "
+                           f"when asked whether it is usable; fix or reinstall it ({backend.install_hint})") from error
+
+
 def available_backends() -> list[BackendInfo]:
     """Every backend usable here (NumPy always), with its device specs.
 
-    This imports each installed library (and so turns on JAX's x64 mode).
+    The built-ins come first, then the plugins in the order they were
+    registered. This imports each installed library (and so turns on JAX's
+    x64 mode). A plugin that raises while answering is left out and listed
+    by ``plugin_failures()``, so one broken plugin never hides the others.
     """
     found = []
-    for name in KNOWN_BACKENDS:
+    for name in backend_names():
         backend = get_backend(name)
-        if backend.is_available():
-            specs = tuple(_spec(name, label) for label in backend.device_names())
-            found.append(BackendInfo(name, backend.version(), specs))
+        if not isinstance(backend, PluginBackend):
+            if backend.is_available():
+                specs = tuple(_spec(name, label) for label in backend.device_names())
+                found.append(BackendInfo(name, backend.version(), specs))
+            continue
+        try:
+            if backend.is_available():
+                specs = tuple(_spec(name, label) for label in backend.device_names())
+                found.append(BackendInfo(name, backend.version(), specs, backend.source))
+        except Exception as error:  # noqa: BLE001 - third-party code: report it, keep listing
+            _FAILURES.setdefault(name, PluginFailure(
+                name, "", backend.distribution or "",
+                f"listing its devices raised {type(error).__name__}: {error}"))
     return found
 
 
@@ -173,21 +390,61 @@ def placement_of(x) -> Placement:
             f"expected an array, got {type(x).__name__}; convert it first, "
             "e.g. portacnn.to_device(numpy.asarray(value), spec)"
         )
-    for name in KNOWN_BACKENDS:
+    for name in _MODULES:
         backend = get_backend(name)
         if backend.owns(x):
             return Placement(name, backend.device_of(x))
+    # Only arrays no built-in owns make portacnn look for plugins.
+    _discover()
+    for name, backend in list(_PLUGINS.items()):
+        if name not in _MODULES and backend.owns(x):
+            return Placement(name, backend.device_of(x))
     raise BackendError(
         f"arrays of type {type(x).__module__}.{type(x).__name__} are not supported; "
-        f"use one of: {', '.join(KNOWN_BACKENDS)}"
+        f"use one of: {', '.join(backend_names())}, or plug in a backend for them (docs/backends.md)"
     )
+
+
+_DTYPE_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                "float16", "bfloat16", "float32", "float64", "complex64", "complex128")
 
 
 def dtype_name(x) -> str:
     """The dtype of an array of any backend as a NumPy dtype name, e.g. ``"float32"``."""
     # "torch.float32", "array_api_strict.float32" and numpy's "float32" agree
     # after the last dot.
-    return str(x.dtype).rsplit(".", 1)[-1]
+    name = str(x.dtype).rsplit(".", 1)[-1]
+    if name in _DTYPE_NAMES:
+        return name
+    # A plugged-in library may print its dtypes otherwise ("<dtype: float32>"):
+    # ask its namespace which of the standard's dtypes this one is.
+    try:
+        xp = array_api_compat.array_namespace(x)
+        for candidate in _DTYPE_NAMES:
+            dtype = getattr(xp, candidate, None)
+            if dtype is not None and x.dtype == dtype:
+                return candidate
+    except Exception:  # noqa: BLE001 - a name is only a label: fall back to the printed one
+        pass
+    return name
+
+
+def updates_in_place(x) -> bool:
+    """Whether an optimizer may write a parameter's new values into the array ``x`` itself.
+
+    A backend says so with an optional ``updates_in_place(x) -> bool`` member
+    (NumPy: where ``x`` is writable; CuPy and torch: always); without one, as
+    for JAX, array-api-strict and plugins that do not declare it, optimizers
+    rebind ``param.data`` to a new array instead.
+    """
+    backend = get_backend(placement_of(x).backend)
+    declared = getattr(getattr(backend, "wrapped", backend), "updates_in_place", None)
+    return declared is not None and bool(declared(x))
+
+
+def is_host_array(x) -> bool:
+    """Whether ``x`` is a host (NumPy) array, such as a dropout mask drawn on the host."""
+    return isinstance(x, numpy.ndarray)
 
 
 def _via_dlpack(x, target: Placement):
@@ -197,7 +454,11 @@ def _via_dlpack(x, target: Placement):
     saves a round trip through host memory; host arrays never take it. Every
     library exports and imports DLPack a little differently, so any failure,
     or a result in the wrong place or dtype, just means "use the host path".
+    Both sides must agree to it: the source's ``exports_dlpack(x)`` and the
+    target's ``imports_dlpack``.
     """
+    if not get_backend(target.backend).imports_dlpack:
+        return None
     if not get_backend(placement_of(x).backend).exports_dlpack(x):
         return None
     xp = target.namespace

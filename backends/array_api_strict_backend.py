@@ -18,6 +18,7 @@ install_hint = "pip install array-api-strict"
 mutable_arrays = True
 writable_views = False  # kept on the standard's generic path, which the parity suite compares
 compiles_steps = False
+imports_dlpack = True  # to_device may build its arrays with from_dlpack (see _base.Backend)
 
 
 def _xp():

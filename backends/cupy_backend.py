@@ -11,6 +11,7 @@ install_hint = 'pip install "portacnn[cuda12]" (or "portacnn[cuda13]"), on a mac
 mutable_arrays = True
 writable_views = True
 compiles_steps = False
+imports_dlpack = True  # to_device may build its arrays with from_dlpack (see _base.Backend)
 
 
 def _cupy():
@@ -95,4 +96,9 @@ def wait(x) -> None:
 
 
 def supports_float64(device) -> bool:
+    return True
+
+
+def updates_in_place(x) -> bool:
+    """Optimizers may write new parameter values into ``x`` (``-=``), as PyTorch's do."""
     return True

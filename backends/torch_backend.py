@@ -13,6 +13,7 @@ install_hint = "pip install torch"
 mutable_arrays = True
 writable_views = True
 compiles_steps = False
+imports_dlpack = True  # to_device may build its arrays with from_dlpack (see _base.Backend)
 
 
 def _torch():
@@ -131,3 +132,8 @@ def wait(x) -> None:
 def supports_float64(device) -> bool:
     # Apple's Metal has no float64.
     return device.type != "mps"
+
+
+def updates_in_place(x) -> bool:
+    """Optimizers may write new parameter values into ``x`` (``-=``), as PyTorch's do."""
+    return True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .autograd import Tensor, no_grad
-from .backends import placement_of, to_device
+from .backends import dtype_name, placement_of, to_device
 from .errors import ArgumentTypeError
 
 __all__ = ["summary"]
@@ -43,7 +43,7 @@ def summary(model, input_shape, *, dtype=None) -> str:
                                 f"got {input_shape!r}") from None
     parameters = model.parameters()
     placement = placement_of(parameters[0].data) if parameters else None
-    dtype = dtype or (str(parameters[0].data.dtype).rsplit(".", 1)[-1] if parameters else "float32")
+    dtype = dtype or (dtype_name(parameters[0].data) if parameters else "float32")
     x = numpy.zeros(shape, dtype=dtype)
     x = to_device(x, placement) if placement is not None else x
 

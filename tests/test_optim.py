@@ -56,9 +56,11 @@ def test_update_rebinds_and_never_writes_into_the_old_array():
 @pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.0137, weight_decay=1e-4),
                                   lambda p: SGD(p, lr=0.0137, momentum=0.9),
                                   lambda p: Adam(p, lr=0.0137)])
-def test_large_updates_are_the_textbook_formula_bit_for_bit_and_leave_inputs_alone(make):
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "rebinding"])
+def test_large_updates_are_the_textbook_formula_bit_for_bit_and_leave_inputs_alone(make, in_place):
     """Updates are written so NumPy can reuse its temporaries (arrays >= 256 KiB); that must
-    change neither the bits of ``data - lr * step`` nor the caller's data and gradient."""
+    change neither the bits of ``data - lr * step`` nor the gradient. In place (the default on
+    NumPy, as in PyTorch) the parameter's own array takes the new values; rebinding leaves it alone."""
     rng = np.random.default_rng(5)
     data = rng.standard_normal((500, 800)).astype(np.float32)
     grad = rng.standard_normal((500, 800)).astype(np.float32)
@@ -66,7 +68,9 @@ def test_large_updates_are_the_textbook_formula_bit_for_bit_and_leave_inputs_alo
     parameter = Parameter(data)
     parameter.grad = grad
     optimizer = make([parameter])
+    optimizer.in_place = in_place
     optimizer.step()
+    assert (parameter.data is data) == in_place
     if isinstance(optimizer, Adam):
         m_hat = (1 - 0.9) * grad / (1 - 0.9)
         v_hat = (1 - 0.999) * grad * grad / (1 - 0.999)
@@ -75,7 +79,8 @@ def test_large_updates_are_the_textbook_formula_bit_for_bit_and_leave_inputs_alo
         step = grad + 1e-4 * data_before if optimizer.weight_decay else grad
         expected = data_before - 0.0137 * step
     np.testing.assert_array_equal(parameter.data, expected)
-    np.testing.assert_array_equal(data, data_before)
+    if not in_place:
+        np.testing.assert_array_equal(data, data_before)
     np.testing.assert_array_equal(grad, grad_before)
 
 

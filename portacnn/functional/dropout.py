@@ -26,11 +26,13 @@ def _device_mask(xp, mask, like):
         raise DTypeError(f"dropout mask must be a boolean keep-mask (True = keep), got dtype {mask.dtype}")
     if tuple(mask.shape) != tuple(like.shape):
         raise ShapeError(f"dropout mask shape {tuple(mask.shape)} differs from x shape {tuple(like.shape)}")
-    from ..backends import placement_of, to_device
+    from ..backends import is_host_array, placement_of, to_device
 
-    if placement_of(mask).backend == "numpy":
-        # A host mask (from dropout_mask) is moved to the input's device here;
-        # a mask on any other device must already be where x is.
+    if is_host_array(mask):
+        # A host mask (from dropout_mask) is moved to the input's device here,
+        # by that backend's own from_host (to_device's host path), so every
+        # backend, a plugged-in one too, gets the same mask with no hook of
+        # its own; a mask on any other device must already be where x is.
         mask = to_device(mask, placement_of(like))
     namespace_of(like, mask, names=("x", "mask"))
     return mask

@@ -210,6 +210,21 @@ def _group_norm_setup(x, num_groups, weight, bias, eps, op):
     return xp, broadcast, (0,) + tuple(range(2, x.ndim))
 
 
+def _split_groups_shape(x, num_groups: int) -> tuple:
+    return (x.shape[0] if x.shape[0] is not None else -1, num_groups, x.shape[1] // num_groups, *x.shape[2:])
+
+
+def _grouped(xp, x, num_groups: int):
+    """``x`` as (N, num_groups, values per group): split the channels first, then merge, because a
+    chunked library (dask) cannot split and merge axes in one reshape."""
+    return xp.reshape(xp.reshape(x, _split_groups_shape(x, num_groups)), _grouped_shape(x, num_groups))
+
+
+def _ungrouped(xp, y, x, num_groups: int):
+    """``y``, grouped like ``x`` by :func:`_grouped`, back in ``x``'s shape (again split, then merge)."""
+    return xp.reshape(xp.reshape(y, _split_groups_shape(x, num_groups)), reshape_sizes(x.shape))
+
+
 def _grouped_shape(x, num_groups: int) -> tuple:
     """(N, num_groups, values per group) for ``reshape``, with -1 for the one size a lazy library may
     not know: the batch's where it is unknown (None), else the group's."""
@@ -229,8 +244,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     ``weight`` and ``bias``, when given, are per channel, shape (C,).
     """
     xp, broadcast, _ = _group_norm_setup(x, num_groups, weight, bias, eps, "group_norm")
-    x_hat, _ = _normalize(xp, xp.reshape(x, _grouped_shape(x, num_groups)), (2,), eps)
-    y = xp.reshape(x_hat, reshape_sizes(x.shape))
+    x_hat, _ = _normalize(xp, _grouped(xp, x, num_groups), (2,), eps)
+    y = _ungrouped(xp, x_hat, x, num_groups)
     if weight is not None:
         y = y * xp.reshape(weight, broadcast)
     if bias is not None:
@@ -242,10 +257,9 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, eps=1e-5):
     """Gradients of ``group_norm`` → ``(grad_x, grad_weight, grad_bias)``."""
     xp, broadcast, axes = _group_norm_setup(x, num_groups, weight, None, eps, "group_norm_backward")
     check_grad(grad_out, x, x.shape, "group_norm_backward")
-    grouped_shape = _grouped_shape(x, num_groups)
-    x_hat, inv_std = _normalize(xp, xp.reshape(x, grouped_shape), (2,), eps)
+    x_hat, inv_std = _normalize(xp, _grouped(xp, x, num_groups), (2,), eps)
     grad_x_hat = grad_out if weight is None else grad_out * xp.reshape(weight, broadcast)
-    grad_x = _normalize_backward(xp, xp.reshape(grad_x_hat, grouped_shape), x_hat, inv_std, (2,))
-    x_hat = xp.reshape(x_hat, reshape_sizes(x.shape))
-    return (xp.reshape(grad_x, reshape_sizes(x.shape)), xp.sum(grad_out * x_hat, axis=axes),
+    grad_x = _normalize_backward(xp, _grouped(xp, grad_x_hat, num_groups), x_hat, inv_std, (2,))
+    x_hat = _ungrouped(xp, x_hat, x, num_groups)
+    return (_ungrouped(xp, grad_x, x, num_groups), xp.sum(grad_out * x_hat, axis=axes),
             xp.sum(grad_out, axis=axes))

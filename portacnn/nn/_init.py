@@ -15,7 +15,8 @@ from ..errors import ArgumentError, DTypeError
 
 
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
-#: The backends whose namespace has a bfloat16 (NumPy, CuPy and array-api-strict have none).
+#: The built-in backends whose namespace has a bfloat16 (NumPy, CuPy and array-api-strict have none),
+#: named in the error; a plugged-in backend has it when its namespace does.
 BFLOAT16_BACKENDS = ("torch", "jax")
 
 
@@ -43,9 +44,11 @@ def host_dtype(dtype) -> numpy.dtype:
 def check_dtype_on(dtype, placement) -> str:
     """``dtype``'s name, after checking that ``placement``'s backend has it."""
     name = dtype_choice(dtype)
-    if name == "bfloat16" and placement.backend not in BFLOAT16_BACKENDS:
-        raise DTypeError(f"{placement.spec} has no bfloat16 (only the {' and '.join(BFLOAT16_BACKENDS)} backends "
-                         "do); use float16 or float32 there, or a torch or jax backend")
+    # Ask the namespace, not a list of names, so a plugged-in backend with a bfloat16 gets to use it.
+    if name == "bfloat16" and getattr(placement.namespace, "bfloat16", None) is None:
+        raise DTypeError(f"{placement.spec} has no bfloat16 (of the built-in backends only "
+                         f"{' and '.join(BFLOAT16_BACKENDS)} do); use float16 or float32 there, or a torch or jax "
+                         "backend")
     return name
 
 

@@ -15,12 +15,16 @@ the same cases for an explicit ``@pytest.mark.parametrize``. Ids read like
 ``torch``                     PyTorch on the CPU
 ``jax``                       JAX on the CPU, 64-bit enabled (``jax_enable_x64``)
 ``cupy``                      CuPy on GPU 0 (marked ``gpu``; skipped without one)
+``<plugin>``                  a plugged-in backend (``portacnn-<x>``) on its default
+                              device; only when named in ``--portacnn-backends``
 
 A case whose library is not installed is skipped with a reason. Arrays are
 moved with each library's own calls (``torch.from_numpy``,
 ``jax.device_put``, ...), not with ``portacnn.backends``, so a bug in
-portacnn's transfer code cannot hide a bug in the math. ``case.spec`` is the
-matching ``portacnn.backends`` spec for layers and models.
+portacnn's transfer code cannot hide a bug in the math. A plugged-in
+backend's case has no such independent path: it moves arrays with the
+plugin's own ``from_host``/``to_host``. ``case.spec`` is the matching
+``portacnn.backends`` spec for layers and models.
 
 Typical use::
 
@@ -81,9 +85,10 @@ def gpu_available() -> bool:
 @dataclasses.dataclass(frozen=True)
 class _Spec:
     id: str
-    module: str  # the top-level library this case needs
+    module: str  # the top-level library this case needs ("" for a plugin)
     spec: str  # the portacnn.backends spec string
     gpu: bool = False
+    plugin: bool = False  # a plugged-in backend: moved through its own from_host/to_host
 
 
 ALL_BACKEND_SPECS = (
@@ -98,6 +103,23 @@ ALL_BACKEND_SPECS = (
 ALL_BACKEND_IDS = tuple(s.id for s in ALL_BACKEND_SPECS)
 
 
+def plugin_specs() -> tuple[_Spec, ...]:
+    """A case per plugged-in backend (``portacnn.backends.register`` or an installed entry point).
+
+    They are not part of the default selection: a package that happens to be
+    installed must not change which cases a test suite runs. Name them in
+    ``--portacnn-backends`` (e.g. ``numpy,<plugin name>``) to run them.
+    """
+    from ..backends import BUILTIN_BACKENDS, backend_names
+
+    return tuple(_Spec(name, "", name, plugin=True) for name in backend_names() if name not in BUILTIN_BACKENDS)
+
+
+def all_specs() -> tuple[_Spec, ...]:
+    """The built-in cases, then one per plugged-in backend."""
+    return ALL_BACKEND_SPECS + plugin_specs()
+
+
 #: The ids chosen with ``--portacnn-backends`` (or ``$PORTACNN_TEST_BACKENDS``);
 #: set by the plugin's ``pytest_configure``, before any test module is imported.
 _SELECTED: tuple[str, ...] | None = None
@@ -108,13 +130,15 @@ def parse_selection(raw: str | None) -> tuple[str, ...]:
     raw = (raw or "").strip()
     if not raw:
         return ALL_BACKEND_IDS
-    by_spec = {s.spec: s.id for s in ALL_BACKEND_SPECS if s.id != "numpy_readonly"}
+    specs = all_specs()
+    valid = tuple(s.id for s in specs)
+    by_spec = {s.spec: s.id for s in specs if s.id != "numpy_readonly"}
     wanted = tuple(by_spec.get(part.strip(), part.strip()) for part in raw.split(",") if part.strip())
-    unknown = [w for w in wanted if w not in ALL_BACKEND_IDS]
+    unknown = [w for w in wanted if w not in valid]
     if unknown:
         raise pytest.UsageError(
             f"--portacnn-backends (or PORTACNN_TEST_BACKENDS) names unknown backend(s) {unknown}; "
-            f"valid: {', '.join(ALL_BACKEND_IDS)}"
+            f"valid: {', '.join(valid)}"
         )
     return wanted
 
@@ -139,6 +163,7 @@ class BackendCase:
         self.module = spec.module
         self.spec = spec.spec
         self.gpu = spec.gpu
+        self.plugin = spec.plugin
         self._ready = False
 
     def __repr__(self) -> str:
@@ -148,7 +173,13 @@ class BackendCase:
     def _setup(self) -> None:
         if self._ready:
             return
-        if self.module == "jax":
+        if self.plugin:
+            from ..backends import get_backend, parse_spec
+
+            placement = parse_spec(self.spec)
+            self._plugin_backend = get_backend(placement.backend)
+            self._plugin_device = placement.device
+        elif self.module == "jax":
             import jax
 
             jax.config.update("jax_enable_x64", True)
@@ -197,6 +228,8 @@ class BackendCase:
         """
         self._setup()
         a = np.array(a, copy=True)  # private, contiguous copy of the host data
+        if self.plugin:
+            return self._plugin_backend.from_host(a, self._plugin_device)
         if self.module == "numpy":
             if self.id == "numpy_readonly":
                 a.flags.writeable = False
@@ -215,6 +248,8 @@ class BackendCase:
     def to_numpy(self, x) -> np.ndarray:
         """A fresh host NumPy copy of ``x`` (0-d results become 0-d arrays)."""
         self._setup()
+        if self.plugin:
+            return self._plugin_backend.to_host(x)
         if self.module == "numpy":
             return np.array(x, copy=True)
         if self.module == "array_api_strict":
@@ -329,21 +364,39 @@ def assert_close(actual, expected, case: Case, *, rtol=None, atol=None, dtype="d
 # --------------------------------------------------------------------------
 # parametrisation
 
-_BACKENDS = {s.id: BackendCase(s) for s in ALL_BACKEND_SPECS}
+_BACKENDS = {s.id: BackendCase(s) for s in all_specs()}
+
+
+@functools.lru_cache(maxsize=None)
+def plugin_unusable(spec: str) -> str | None:
+    """Why a plugged-in backend's case cannot run here (its spec's error), or None.
+
+    Asked when such a case is about to run (the plugin's ``pytest_runtest_setup``),
+    not when the fixtures are built: that would import the plugin's library at
+    every pytest start, even when no case of it runs.
+    """
+    from ..backends import parse_spec
+    from ..errors import PortacnnError
+
+    try:
+        parse_spec(spec)
+    except PortacnnError as error:
+        return str(error)
+    return None
 
 
 def _marks(spec: _Spec) -> list:
     marks = []
     if spec.gpu:
         marks.append(pytest.mark.gpu)
-    if not _installed(spec.module):
+    if not spec.plugin and not _installed(spec.module):  # a plugin's: see plugin_unusable
         marks.append(pytest.mark.skip(reason=f"{spec.module} is not installed"))
     return marks
 
 
 def _selected_specs() -> list[_Spec]:
     ids = _selected_ids()
-    return [s for s in ALL_BACKEND_SPECS if s.id in ids]
+    return [s for s in all_specs() if s.id in ids]
 
 
 def backend_params() -> list:
@@ -373,6 +426,6 @@ def writable_views(backend: "BackendCase") -> bool:
 
 
 __all__ = [
-    "ALL_BACKEND_IDS", "DTYPES", "TOLERANCES", "BackendCase", "Case", "assert_close", "backend_params",
-    "case_params", "gpu_available", "select", "supports_float64", "writable_views",
+    "ALL_BACKEND_IDS", "DTYPES", "TOLERANCES", "BackendCase", "Case", "all_specs", "assert_close", "backend_params",
+    "case_params", "gpu_available", "plugin_specs", "select", "supports_float64", "writable_views",
 ]

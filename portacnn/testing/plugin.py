@@ -4,7 +4,8 @@ Installed with portacnn (the ``pytest11`` entry point), so in any project:
 
 * ``backend`` — a fixture that runs the test once per usable backend case
   (``numpy``, ``numpy_readonly``, ``array_api_strict``,
-  ``array_api_strict-device1``, ``torch``, ``jax``, ``cupy``); each has
+  ``array_api_strict-device1``, ``torch``, ``jax``, ``cupy``, and each
+  plugged-in backend when named in ``--portacnn-backends``); each has
   ``.spec`` (for ``model.to(spec)``, ``portacnn.to_device``), ``.xp``,
   ``.device``, ``.asarray(host)``, ``.to_numpy(x)`` and ``.check(x, dtype)``.
   A library that is not installed is skipped with a reason.
@@ -29,9 +30,12 @@ import pytest
 
 from . import cases
 
-_ALL_BACKENDS = [pytest.param(cases._BACKENDS[s.id], id=s.id, marks=cases._marks(s)) for s in cases.ALL_BACKEND_SPECS]
+# Fixture parameters are fixed when this plugin loads, before the command
+# line is read, so every plugged-in backend gets its cases here; those not
+# asked for are dropped quietly in pytest_collection_modifyitems.
+_ALL_BACKENDS = [pytest.param(cases._BACKENDS[s.id], id=s.id, marks=cases._marks(s)) for s in cases.all_specs()]
 _ALL_CASES = [pytest.param(cases.Case(cases._BACKENDS[s.id], dtype), id=f"{s.id}-{dtype}", marks=cases._marks(s))
-              for s in cases.ALL_BACKEND_SPECS for dtype in cases.DTYPES]
+              for s in cases.all_specs() for dtype in cases.DTYPES]
 
 
 def pytest_addoption(parser):
@@ -79,14 +83,23 @@ def _backend_of(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Leave out the cases ``--portacnn-backends`` did not pick."""
+    """Leave out the cases ``--portacnn-backends`` did not pick.
+
+    A plugged-in backend's cases that were not asked for are dropped without
+    a word (they are opt-in, not part of the default run); other cases not
+    picked are reported as deselected.
+    """
     selected = set(cases._selected_ids())
-    kept, dropped = [], []
+    kept, dropped, quiet = [], [], []
     for item in items:
         backend = _backend_of(item)
-        (dropped if backend is not None and backend.id not in selected else kept).append(item)
+        if backend is None or backend.id in selected:
+            kept.append(item)
+        else:
+            (quiet if backend.plugin else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
+    if dropped or quiet:
         items[:] = kept
 
 
@@ -96,6 +109,8 @@ def pytest_runtest_setup(item):
     backend = _backend_of(item)
     if backend is None:
         return
+    if backend.plugin and cases.plugin_unusable(backend.spec) is not None:
+        pytest.skip(cases.plugin_unusable(backend.spec))
     if item.get_closest_marker("needs_float64") is not None and not cases.supports_float64(backend):
         pytest.skip(f"{backend.id} has no float64")
     if item.get_closest_marker("needs_writable_views") is not None and not cases.writable_views(backend):
