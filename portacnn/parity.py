@@ -442,6 +442,50 @@ def check_compiled_training(spec, dtype: str, seed: int = 0) -> Result:
                   rtol, atol)
 
 
+def check_in_place_training(spec, dtype: str, seed: int = 0) -> Result:
+    """Three LeNet steps each of SGD (momentum, weight decay) and Adam, updating the parameters in place vs
+    rebinding them to new arrays, on one backend that updates in place: the two must give the same bits."""
+    from .models import lenet
+    from .nn import CrossEntropyLoss
+    from .optim import SGD, Adam
+
+    placement = parse_spec(spec)
+    case = "lenet_in_place_bits"
+
+    def run(in_place: bool):
+        model = lenet(seed=seed, dtype=dtype, device=placement)
+        arrays = [p.data for p in model.parameters()]
+        loss_fn = CrossEntropyLoss(check_labels=False)
+        rng = numpy.random.default_rng(seed + 1)
+        for optimizer in (SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
+                          Adam(model.parameters(), lr=1e-3)):
+            optimizer.in_place = in_place
+            for _ in range(3):
+                images = to_device(rng.standard_normal((8, 1, 28, 28)).astype(dtype), placement)
+                labels = to_device(rng.integers(0, 10, 8), placement)
+                optimizer.zero_grad()
+                loss_fn(model(images), labels).backward()
+                optimizer.step()
+        stayed = all(p.data is a for p, a in zip(model.parameters(), arrays))
+        return [to_numpy(v) for v in model.state_dict().values()], stayed
+
+    try:
+        (in_place, stayed), (rebound, _) = run(True), run(False)
+    except Exception as error:  # noqa: BLE001 - the report shows any failure as a row
+        return Result(placement.spec, dtype, case, float("nan"), float("nan"), False,
+                      f"{type(error).__name__}: {error}", 0.0, 0.0)
+    worst_abs, worst_rel, _ = _compare(in_place, rebound, 0.0, 0.0)
+    same_bits = all(numpy.array_equal(a, b) for a, b in zip(in_place, rebound))
+    error = "" if stayed else "the parameters were rebound to new arrays, not updated in place"
+    return Result(placement.spec, dtype, case, worst_abs, worst_rel, same_bits and stayed, error, 0.0, 0.0)
+
+
+def _updates_in_place(placement) -> bool:
+    from .backends import updates_in_place
+
+    return updates_in_place(to_device(numpy.zeros(1, dtype=numpy.float32), placement))
+
+
 def backend_specs() -> list[str]:
     """Every backend and device usable here, e.g. ``array_api_strict:device1``.
 
@@ -470,6 +514,8 @@ def run_parity(specs=None, dtypes=("float64", "float32"), out=None, include_trai
                 results.append(check_training(spec, dtype))
                 if parse_spec(spec).compiles_steps:
                     results.append(check_compiled_training(spec, dtype))
+                if _updates_in_place(parse_spec(spec)):
+                    results.append(check_in_place_training(spec, dtype))
     results.sort(key=lambda r: r.passed)  # stable: failures first, otherwise in run order
     header = (f"{'backend':<28} {'dtype':<8} {'case':<20} {'max abs diff':>13} {'max rel diff':>13} "
               f"{'rtol':>8} {'atol':>8}  result")

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+import portacnn
 from portacnn.nn import Parameter
-from portacnn.optim import SGD, Adam, ExponentialLR, StepLR
+from portacnn.optim import SGD, Adam, AdamW, ExponentialLR, StepLR
 
 torch = pytest.importorskip("torch")
 
@@ -144,3 +145,78 @@ def test_bad_hyperparameters_are_rejected(bad):
 def test_empty_parameter_list_is_rejected():
     with pytest.raises(ValueError, match="empty parameter list"):
         SGD([], lr=0.1)
+
+
+# ---------------------------------------------------------------- in-place updates (NumPy, CuPy, torch)
+
+_IN_PLACE_OPTIMIZERS = {
+    "sgd-momentum-decay": lambda p: SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "sgd-nesterov": lambda p: SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "sgd-dampening-maximize": lambda p: SGD(p, lr=0.05, momentum=0.5, dampening=0.3, maximize=True),
+    "sgd-plain": lambda p: SGD(p, lr=0.05),
+    "adam": lambda p: Adam(p, lr=1e-2, weight_decay=1e-3),
+    "adam-amsgrad": lambda p: Adam(p, lr=1e-2, amsgrad=True),
+    "adamw": lambda p: AdamW(p, lr=1e-2),
+}
+
+
+def _five_steps(make, in_place, xp_array, seed=3):
+    rng = np.random.default_rng(seed)
+    params = [Parameter(xp_array(rng.standard_normal(shape))) for shape in ((4, 3), (3,))]
+    first_arrays = [p.data for p in params]
+    optimizer = make(params)
+    optimizer.in_place = in_place
+    grads = []
+    for _ in range(5):
+        for p in params:
+            p.grad = xp_array(rng.standard_normal(tuple(p.data.shape)))
+            grads.append((p.grad, np.array(portacnn.to_numpy(p.grad))))
+        optimizer.step()
+    for grad, copy in grads:  # the optimizer never writes into a gradient
+        np.testing.assert_array_equal(portacnn.to_numpy(grad), copy)
+    return [portacnn.to_numpy(p.data) for p in params], [p.data is a for p, a in zip(params, first_arrays)]
+
+
+@pytest.mark.parametrize("name", list(_IN_PLACE_OPTIMIZERS))
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_in_place_updates_give_the_bits_of_rebinding(name, library):
+    if library == "torch":
+        torch = pytest.importorskip("torch")
+        xp_array = lambda a: torch.tensor(a)  # noqa: E731
+    else:
+        xp_array = np.array
+    make = _IN_PLACE_OPTIMIZERS[name]
+    updated, stayed = _five_steps(make, True, xp_array)
+    rebound, moved = _five_steps(make, False, xp_array)
+    for a, b in zip(updated, rebound):
+        np.testing.assert_array_equal(a, b)
+    assert all(stayed), "the parameters' own arrays should have been updated in place"
+    assert not any(moved), "in_place=False must rebind param.data"
+
+
+def test_read_only_parameters_are_rebound_not_written():
+    data = np.ones((3, 2))
+    data.flags.writeable = False
+    parameter = Parameter(data)
+    parameter.grad = np.full((3, 2), 0.5)
+    SGD([parameter], lr=0.1, momentum=0.9).step()
+    np.testing.assert_array_equal(data, np.ones((3, 2)))
+    np.testing.assert_allclose(parameter.data, np.full((3, 2), 0.95))
+
+
+def test_loaded_optimizer_state_is_a_copy_that_in_place_steps_do_not_reach_back_into():
+    a, b = Parameter(np.ones(3)), Parameter(np.ones(3))
+    first, second = SGD([a], lr=0.1, momentum=0.9), SGD([b], lr=0.1, momentum=0.9)
+    a.grad = np.ones(3)
+    first.step()
+    second.load_state_dict(first.state_dict())
+    b.grad = np.ones(3)
+    second.step()
+    np.testing.assert_array_equal(first.momentum_buffers[0], np.ones(3))
+
+
+def test_the_parity_suite_checks_in_place_bits():
+    from portacnn.parity import check_in_place_training
+
+    result = check_in_place_training("numpy", "float32")
+    assert result.passed and result.max_abs == 0.0, result
