@@ -68,7 +68,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if isinstance(values, int) and values < 2:
             raise ShapeError(f"batch_norm in training needs more than one value per channel, got input shape {tuple(x.shape)}")
         mean = xp.mean(x, axis=axes)
-        var = xp.var(x, axis=axes)
+        centered = x - xp.reshape(mean, broadcast)
+        var = xp.mean(centered * centered, axis=axes)  # the centred values serve the variance and y alike
         if running_mean is not None:
             running_mean = (1.0 - momentum) * running_mean + momentum * mean
         if running_var is not None:
@@ -77,10 +78,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if running_mean is None or running_var is None:
             raise ArgumentError("batch_norm in eval mode needs running_mean and running_var (training=False); "
                                 "pass them, or training=True to normalise with the batch statistics")
-        mean, var = running_mean, running_var
-    y = (x - xp.reshape(mean, broadcast)) / xp.sqrt(xp.reshape(var, broadcast) + eps)
+        var = running_var
+        centered = x - xp.reshape(running_mean, broadcast)
+    # One scale per channel, so the full-size arrays take one multiply (and one add for the bias).
+    scale = 1.0 / xp.sqrt(var + eps)
     if weight is not None:
-        y = y * xp.reshape(weight, broadcast)
+        scale = scale * weight
+    y = centered * xp.reshape(scale, broadcast)
     if bias is not None:
         y = y + xp.reshape(bias, broadcast)
     return y, running_mean, running_var
@@ -96,23 +100,25 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, 
                                     widen(xp, running_var), widen(xp, weight), training=training, eps=eps)
         return tuple(restore(xp, g, x.dtype) for g in grads)
     if training:
-        mean, var = xp.mean(x, axis=axes), xp.var(x, axis=axes)
+        centered = x - xp.reshape(xp.mean(x, axis=axes), broadcast)
+        var = xp.mean(centered * centered, axis=axes)
     else:
         if running_mean is None or running_var is None:
             raise ArgumentError("batch_norm_backward in eval mode needs running_mean and running_var "
                                 "(training=False)")
-        mean, var = running_mean, running_var
-    inv_std = xp.reshape(1.0 / xp.sqrt(var + eps), broadcast)
-    x_hat = (x - xp.reshape(mean, broadcast)) * inv_std
+        centered, var = x - xp.reshape(running_mean, broadcast), running_var
+    # Per-channel sums first, then one pass over the full-size arrays. With x_hat = centered * inv_std and
+    # g = grad_out: grad_x = weight * inv_std * (g - mean(g) - x_hat * mean(g * x_hat)).
+    inv_std = 1.0 / xp.sqrt(var + eps)
     grad_bias = xp.sum(grad_out, axis=axes)
-    grad_weight = xp.sum(grad_out * x_hat, axis=axes)
-    grad_x_hat = grad_out if weight is None else grad_out * xp.reshape(weight, broadcast)
+    grad_weight = xp.sum(grad_out * centered, axis=axes) * inv_std  # sum(g * x_hat)
+    scale = inv_std if weight is None else inv_std * weight
     if not training:
-        return grad_x_hat * inv_std, grad_weight, grad_bias
-    sum_grad = xp.reshape(xp.sum(grad_x_hat, axis=axes), broadcast)
-    sum_grad_x_hat = xp.reshape(xp.sum(grad_x_hat * x_hat, axis=axes), broadcast)
+        return grad_out * xp.reshape(scale, broadcast), grad_weight, grad_bias
     values = count(xp, x, axes)
-    grad_x = inv_std / values * (values * grad_x_hat - sum_grad - x_hat * sum_grad_x_hat)
+    mean_grad, mean_grad_x_hat = grad_bias / values, grad_weight / values
+    grad_x = ((grad_out - xp.reshape(mean_grad, broadcast)) * xp.reshape(scale, broadcast)
+              - centered * xp.reshape(scale * mean_grad_x_hat * inv_std, broadcast))
     return grad_x, grad_weight, grad_bias
 
 
