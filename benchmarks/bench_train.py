@@ -1,4 +1,8 @@
-"""LeNet training and inference throughput: portacnn vs the same network in PyTorch.
+"""LeNet (or ResNet-8) training and inference throughput: portacnn vs the same network in PyTorch.
+
+``--model resnet8`` measures the zoo's smallest ResNet (option-A shortcuts, BatchNorm) on 1x28x28
+inputs instead of LeNet: there the convolutions' GEMMs dominate, so its ratio shows how much time
+the rest still costs.
 
 Sections (``--sections``, default all):
 
@@ -17,6 +21,7 @@ Examples::
     python benchmarks/bench_train.py --quick
     python benchmarks/bench_train.py --backends numpy,torch --dtypes float32 --json out.json
     python benchmarks/bench_train.py --seed-preset
+    python benchmarks/bench_train.py --model resnet8 --sections train --batch-sizes 64 --dtypes float32
     python benchmarks/bench_train.py --backends cupy --reference torch:cuda      # on a GPU machine
     python benchmarks/bench_train.py --backends jax,numpy --sections train        # JAX compiled, as portacnn train runs it
 
@@ -54,6 +59,8 @@ def parse_args(argv=None):
                         help="portacnn backend specs, comma-separated (default: numpy, plus cupy with a GPU)")
     parser.add_argument("--reference",
                         help="torch or torch:cuda[:N] (default: torch:cuda for GPU backends, else torch on the CPU)")
+    parser.add_argument("--model", choices=("lenet", "resnet8"), default="lenet",
+                        help="the network to time (default: lenet)")
     parser.add_argument("--batch-sizes", type=common.int_list, default=[5, 64, 256])
     parser.add_argument("--dtypes", type=common.str_list, help="default float32,float64 (--quick: float32)")
     parser.add_argument("--repeats", type=int, help="timed repeats per contender (default 5, --quick 3)")
@@ -126,10 +133,73 @@ def cycler(items):
     return next_item
 
 
-def portacnn_model(spec: str, dtype: str):
-    from portacnn.models import lenet
+def portacnn_model(spec: str, dtype: str, model: str = "lenet"):
+    from portacnn.models import lenet, resnet8
 
+    if model == "resnet8":
+        return resnet8(in_channels=1, seed=SEED, dtype=dtype, device=spec)
     return lenet(seed=SEED, dtype=dtype, device=spec)
+
+
+def torch_model(portacnn_model_, dtype: str, device: str, model: str = "lenet"):
+    """The same network in PyTorch, starting from portacnn's weights."""
+    if model == "lenet":
+        return torch_lenet(portacnn_model_, dtype, device)
+    import torch
+
+    from portacnn.interop import to_torch_state_dict
+
+    reference = torch_resnet(blocks=1, in_channels=1)
+    reference.load_state_dict(to_torch_state_dict(portacnn_model_))
+    return reference.to(device=device, dtype=getattr(torch, dtype))
+
+
+def torch_resnet(blocks: int, in_channels: int, num_classes: int = 10):
+    """He et al.'s CIFAR ResNet with option-A shortcuts, named as portacnn's (and Idelbayev's resnet_cifar10)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class PadShortcut(nn.Module):
+        def __init__(self, extra):
+            super().__init__()
+            self.extra = extra
+
+        def forward(self, x):
+            return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.shortcut = nn.Sequential() if stride == 1 and cin == cout else PadShortcut(cout - cin)
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            cin = 16
+            for stage, width in enumerate((16, 32, 64), start=1):
+                layers = []
+                for index in range(blocks):
+                    layers.append(Block(cin, width, 2 if index == 0 and stage > 1 else 1))
+                    cin = width
+                setattr(self, f"layer{stage}", nn.Sequential(*layers))
+            self.linear = nn.Linear(64, num_classes)
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.layer3(self.layer2(self.layer1(out)))
+            return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+    return ResNet()
 
 
 def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM, weight_decay=0.0,
@@ -256,8 +326,8 @@ def compare(spec, reference, dtype, batch, calls, args, kind: str) -> dict:
     """One interleaved portacnn-vs-torch measurement (``kind``: train or inference)."""
     device = common.torch_device(reference)
     host = synthetic_batches(batch, dtype)
-    model = portacnn_model(spec, dtype)
-    ref_model = torch_lenet(model, dtype, device)
+    model = portacnn_model(spec, dtype, args.model)
+    ref_model = torch_model(model, dtype, device, args.model)
     if kind == "train":
         ours = portacnn_train_step(model, spec, host, compile_steps=not args.no_compile)
         theirs = torch_train_step(ref_model, device, host)
@@ -475,7 +545,8 @@ def describe_seed(row: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prepared = common.prepare_run(args, "bench_train", "portacnn LeNet training benchmark")
+    name = {"lenet": "LeNet", "resnet8": "ResNet-8"}[args.model]
+    prepared = common.prepare_run(args, "bench_train", f"portacnn {name} training benchmark")
     if prepared is None:
         return 2
     machine, threads = prepared
@@ -486,10 +557,10 @@ def main(argv=None) -> int:
                      "seed_preset": [], "skipped": []}
     if "train" in args.sections:
         results["train"] = run_throughput(args, "train", results["skipped"])
-        print(throughput_table(results["train"], "Training: forward + backward + SGD(momentum) step") + "\n")
+        print(throughput_table(results["train"], f"{name} training: forward + backward + SGD(momentum) step") + "\n")
     if "inference" in args.sections:
         results["inference"] = run_throughput(args, "inference", results["skipped"])
-        print(throughput_table(results["inference"], "Inference: eval-mode forward (torch.no_grad)") + "\n")
+        print(throughput_table(results["inference"], f"{name} inference: eval-mode forward (torch.no_grad)") + "\n")
     if "memory" in args.sections:
         results["memory"] = [measure_memory(spec, args.dtypes[0], args) for spec in args.backends]
         print(memory_table(results["memory"]) + "\n")

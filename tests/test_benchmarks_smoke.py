@@ -48,6 +48,14 @@ def test_bench_train_quick(tmp_path):
     assert seed["estimated_seconds"] > 0
 
 
+def test_bench_train_resnet8_against_the_same_torch_resnet(tmp_path):
+    data = run_script("bench_train.py", tmp_path, "--model", "resnet8", "--sections", "train,inference",
+                      "--batch-sizes", "4", "--steps", "1", "--warmup", "1", "--infer-batch", "6")
+    assert data["settings"]["model"] == "resnet8"
+    (train,) = data["train"]
+    assert train["batch_size"] == 4 and train["ratio"] > 0
+
+
 def test_bench_train_seed_preset_only(tmp_path):
     data = run_script("bench_train.py", tmp_path, "--seed-preset", "--steps", "2")
     assert data["train"] == [] and data["inference"] == [] and data["memory"] == []
