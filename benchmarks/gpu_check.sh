@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: the gpu-marked tests, then both benchmarks on
-# CuPy with torch:cuda as the reference. Everything (logs, JSON, summary) goes
+# One command for a GPU machine: the gpu-marked tests, then the benchmarks on
+# CuPy with torch:cuda as the reference (LeNet, the ops, ResNet-8), and JAX on
+# the GPU compiled and eager where a CUDA jaxlib is installed. Everything (logs, JSON, summary) goes
 # into one folder:
 #
 #     bash benchmarks/gpu_check.sh [OUT_DIR]        # default: gpu-results/
@@ -95,12 +96,29 @@ stage bench_train "$TRAIN_TIMEOUT" "$PYTHON" benchmarks/bench_train.py \
 stage bench_ops "$OPS_TIMEOUT" "$PYTHON" benchmarks/bench_ops.py \
     --backends "$BACKENDS" --reference "$REFERENCE" --dtypes float32,float64 \
     --repeats 5 --min-time 0.05 --json "$OUT/bench_ops.json"
+# The zoo's smallest ResNet (BatchNorm, residual adds): GEMM-bound, so it shows what the rest costs on a GPU.
+stage bench_resnet8 "$TRAIN_TIMEOUT" "$PYTHON" benchmarks/bench_train.py --model resnet8 \
+    --backends "$BACKENDS" --reference "$REFERENCE" --sections train --batch-sizes 64,256 --dtypes float32 \
+    --repeats 3 --warmup 3 --json "$OUT/bench_resnet8.json"
+# JAX on the GPU, where a CUDA jaxlib is installed: each step compiled (as `portacnn train` runs it), then eager.
+STAGES=(tests bench_train bench_ops bench_resnet8)
+if "$PYTHON" -c "import jax, sys; sys.exit(not jax.devices('gpu'))" 2>/dev/null; then
+    stage bench_jax_compiled "$TRAIN_TIMEOUT" "$PYTHON" benchmarks/bench_train.py \
+        --backends jax:gpu --reference "$REFERENCE" --sections train,inference --batch-sizes 5,64,256 \
+        --dtypes float32 --repeats 3 --warmup 3 --json "$OUT/bench_jax_compiled.json"
+    stage bench_jax_eager "$TRAIN_TIMEOUT" "$PYTHON" benchmarks/bench_train.py --no-compile \
+        --backends jax:gpu --reference "$REFERENCE" --sections train --batch-sizes 64 --steps 5 \
+        --dtypes float32 --repeats 3 --warmup 2 --json "$OUT/bench_jax_eager.json"
+    STAGES+=(bench_jax_compiled bench_jax_eager)
+else
+    say "jax has no GPU here (a CUDA jaxlib is not installed): the JAX stages are skipped"
+fi
 
 # --- summary ----------------------------------------------------------------
 {
     echo "== gpu_check summary ($(date -u +"%Y-%m-%dT%H:%M:%SZ")) =="
     grep -E "NVIDIA|Driver|backends:|torch " "$OUT/environment.txt" || true
-    for name in tests bench_train bench_ops; do
+    for name in "${STAGES[@]}"; do
         case "${STATUS[$name]}" in
             0) echo "$name: ok" ;;
             124|137) echo "$name: TIMED OUT (partial output below)" ;;
@@ -111,7 +129,7 @@ stage bench_ops "$OPS_TIMEOUT" "$PYTHON" benchmarks/bench_ops.py \
     echo "-- tests --"
     tail -n 3 "$OUT/tests.log"
     [[ "${STATUS[tests]}" -eq 0 ]] || tail -n 15 "$OUT/tests.err"
-    for name in bench_train bench_ops; do
+    for name in "${STAGES[@]:1}"; do
         echo
         echo "-- $name --"
         cat "$OUT/$name.log"
@@ -122,7 +140,7 @@ stage bench_ops "$OPS_TIMEOUT" "$PYTHON" benchmarks/bench_ops.py \
 } | tee "$OUT/summary.txt"
 
 failed=0
-for name in tests bench_train bench_ops; do
+for name in "${STAGES[@]}"; do
     [[ "${STATUS[$name]}" -eq 0 ]] || failed=1
 done
 exit $failed
