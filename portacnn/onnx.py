@@ -180,6 +180,17 @@ class _Leaves:
 # the ONNX graph being written
 
 
+
+def _unique(base: str, taken: set) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... : the first not in ``taken``, which it joins."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 class _Graph:
     def __init__(self, onnx, opset: int, batch):
         self.onnx, self.helper = onnx, onnx.helper
@@ -194,20 +205,10 @@ class _Graph:
         self._batch_size = None
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.values:
-            k += 1
-            name = f"{base}_{k}"
-        self.values.add(name)
-        return name
+        return _unique(base, self.values)
 
     def node_name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.node_names:
-            k += 1
-            name = f"{base}_{k}"
-        self.node_names.add(name)
-        return name
+        return _unique(base, self.node_names)
 
     def add(self, op: str, inputs, *, name=None, out=None, **attributes) -> str:
         """Append a node named ``name`` (a layer's, e.g. ``layer1.0.conv1``) or after its op (``Relu_3``); its

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .._checks import check_finite, check_number
-from ..nn import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear, Module, ReLU, Sequential
-from ._building import layer_options, without_rng
+from ..nn import BatchNorm2d, Conv2d, Linear, Module, ReLU, Sequential
+from ._building import PooledClassifier, layer_options, without_rng
 
 __all__ = ["MobileNet", "DepthwiseSeparable", "mobilenet"]
 
@@ -29,18 +29,9 @@ class DepthwiseSeparable(Module):
         return self.relu(self.bn2(self.pointwise(self.relu(self.bn1(self.depthwise(x))))))
 
 
-class MobileNet(Module):
+class MobileNet(PooledClassifier):
     """``features`` (a conv-BN-ReLU stem, then depthwise-separable blocks), global average pooling,
     ``classifier``."""
-
-    def __init__(self, features: Sequential, classifier: Linear):
-        self.features = features
-        self.avgpool = AdaptiveAvgPool2d(1)
-        self.classifier = classifier
-
-    def forward(self, x):
-        out = self.avgpool(self.features(x))
-        return self.classifier(out.reshape(out.shape[0], -1))
 
 
 def mobilenet(*, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, seed: int = 0,

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 from .._checks import as_int
 from ..errors import ArgumentError, ArgumentTypeError
-from ..nn import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d, Module, ReLU, Sequential
-from ._building import layer_options, without_rng
+from ..nn import BatchNorm2d, Conv2d, Linear, MaxPool2d, ReLU, Sequential
+from ._building import PooledClassifier, layer_options, without_rng
 
 __all__ = ["VGG", "vgg"]
 
 
-class VGG(Module):
+class VGG(PooledClassifier):
     """``features`` (stages of 3x3 conv-BN-ReLU, each ending in a 2x2 max-pool), global average pooling, and
     ``classifier``, a fully connected layer. Named in torchvision's style: ``features.0.weight``, ...,
     ``classifier.weight``."""
-
-    def __init__(self, features: Sequential, classifier: Linear):
-        self.features = features
-        self.avgpool = AdaptiveAvgPool2d(1)
-        self.classifier = classifier
-
-    def forward(self, x):
-        out = self.avgpool(self.features(x))
-        return self.classifier(out.reshape(out.shape[0], -1))
 
 
 def _widths(widths) -> list[int]:
