@@ -741,7 +741,10 @@ def _train(config: TrainConfig) -> dict:
         config = dataclasses.replace(config, quiet=True)
     if config.plot:
         _require_matplotlib()
-    placement = parse_spec(config.backend if distributed is None else distributed.local_device_spec(config.backend))
+    if config.backend is None and not isinstance(config.model, str) and distributed is None:
+        placement = placement_of(config.model.parameters()[0].data)  # a given model trains where it is
+    else:
+        placement = parse_spec(config.backend if distributed is None else distributed.local_device_spec(config.backend))
     device = get_backend(placement.backend).device_label(placement.device)
 
     checkpoint = None

@@ -223,6 +223,15 @@ def test_train_a_user_module_with_its_own_optimizer_and_scheduler(fake_mnist, tm
     assert checkpoint["config"]["model"] == "TwoLayer" and checkpoint["config"]["input_shape"] == [1, 28, 28]
 
 
+def test_a_given_model_trains_where_it_is_unless_a_backend_is_named(fake_mnist):
+    pytest.importorskip("torch")
+    model = _mlp(device="torch")
+    metrics = train(_tiny(fake_mnist, model=model))
+    assert metrics["backend"] == "torch" and not isinstance(model.parameters()[0].data, np.ndarray)
+    metrics = train(_tiny(fake_mnist, model=model, backend="numpy"))
+    assert metrics["backend"] == "numpy" and isinstance(model.parameters()[0].data, np.ndarray)
+
+
 def test_a_model_with_the_wrong_number_of_outputs_is_refused_before_training(fake_mnist):
     with pytest.raises(ConfigError, match="num_classes=10"):
         train(_tiny(fake_mnist, model=TwoLayer(num_classes=7)))
