@@ -39,7 +39,7 @@ def _add_train(subparsers) -> None:
                     + ("\nModel recipes:\n  " + "\n  ".join(recipes) if recipes else ""),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lenet", help=f"architecture: {', '.join(available())} (default: lenet)")
-    parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="dataset (default: mnist)")
+    parser.add_argument("--dataset", default="mnist", help=f"dataset: {', '.join(DATASETS)} (default: mnist)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help=f"hyperparameter preset (default: the model's recipe, else {DEFAULT_PRESET})")
     parser.add_argument("--backend", help="backend spec, e.g. numpy, torch:cuda:0, cupy:0, jax:cpu "
@@ -144,8 +144,8 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a .npz checkpoint (or a checkpoint folder: its last.npz)")
     parser.add_argument("--backend", help="backend spec (default: $PORTACNN_BACKEND or numpy)")
-    parser.add_argument("--dataset", choices=DATASETS,
-                        help="dataset to test on (default: the one the checkpoint was trained on, else mnist)")
+    parser.add_argument("--dataset", help=f"dataset to test on: {', '.join(DATASETS)} (default: the one the "
+                                          "checkpoint was trained on, else mnist)")
     parser.add_argument("--data-dir", help="the dataset's folder; it must exist unless --download is given "
                                            "(default: its cache folder, e.g. $PORTACNN_DATA or ~/.cache/portacnn/mnist)")
     parser.add_argument("--download", action="store_true", help="download missing dataset files (into --data-dir)")

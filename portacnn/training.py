@@ -220,8 +220,13 @@ class TrainConfig:
         elif not isinstance(self.model, Module):
             raise ConfigError(f"model must be an architecture name or a portacnn.nn.Module, got "
                               f"{type(self.model).__name__}")
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
+        from .datasets import canonical_name
+        from .errors import DatasetError
+
+        try:
+            self.dataset = canonical_name(self.dataset)  # "Fashion-MNIST" and "cifar-10" too
+        except DatasetError:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}") from None
         if not isinstance(self.optimizer, Optimizer) and self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}, "
                               "or pass a portacnn.optim.Optimizer")

@@ -159,6 +159,14 @@ def test_bad_config_values_name_the_problem(options, fragment):
         TrainConfig(**options)
 
 
+def test_datasets_take_the_names_people_write():
+    from portacnn.datasets import dataset_info
+
+    assert TrainConfig(dataset="Fashion-MNIST").dataset == "fashion_mnist"
+    assert TrainConfig(dataset="cifar-10").dataset == "cifar10"
+    assert dataset_info("CIFAR-100").num_classes == 100
+
+
 def test_an_optimizer_object_needs_the_model_object():
     model = _mlp()
     with pytest.raises(ConfigError, match="model object"):

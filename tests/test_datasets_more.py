@@ -329,12 +329,14 @@ def test_cifar_label_out_of_range(tmp_path, no_md5, name, layout, column, bad):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-    for bad in ("imagenet", "MNIST", None, ["mnist"]):
+    for bad in ("imagenet", "mnist2", "", None, ["mnist"]):
         with pytest.raises(DatasetError) as info:
             load_dataset(bad)
         assert all(name in str(info.value) for name in DATASETS)
         with pytest.raises(DatasetError):
             dataset_info(bad)
+    # Names as people write them: any case, "-" for "_", CIFAR with its dash.
+    assert dataset_info("MNIST").name == "mnist" and dataset_info("Fashion-MNIST").name == "fashion_mnist"
 
 
 @pytest.mark.parametrize("name", sorted(LOADERS))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from . import _files, cifar, idx, transforms
-from ._catalog import CIFAR100_COARSE_CLASSES, DATASETS, DatasetInfo, check_name, dataset_info
+from ._catalog import CIFAR100_COARSE_CLASSES, DATASETS, DatasetInfo, canonical_name, check_name, dataset_info
 
 try:  # tqdm only draws the download progress bar; everything works without it
     from tqdm import tqdm as _tqdm
@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 __all__ = [
     "CIFAR10_FILES", "CIFAR10_MIRRORS", "CIFAR100_COARSE_CLASSES", "CIFAR100_FILES", "CIFAR100_MIRRORS", "DATASETS",
     "FASHION_MNIST_FILES", "FASHION_MNIST_MIRRORS", "KMNIST_FILES", "KMNIST_MIRRORS", "MIRRORS", "MNIST_FILES",
-    "TIMEOUT", "DatasetInfo", "dataset_info", "dataset_root", "find_shared_mnist", "load_cifar10", "load_cifar100",
+    "TIMEOUT", "DatasetInfo", "canonical_name", "dataset_info", "dataset_root", "find_shared_mnist", "load_cifar10", "load_cifar100",
     "load_dataset", "load_fashion_mnist", "load_kmnist", "load_mnist", "mnist_root", "transforms",
 ]
 
@@ -148,7 +148,7 @@ def dataset_root(name: str, root: str | os.PathLike | None = None) -> Path:
 
     ``root`` if given; for MNIST then ``$PORTACNN_DATA``; else ``~/.cache/portacnn/<name>``.
     """
-    check_name(name)
+    name = canonical_name(name)
     if root is not None:
         return Path(root).expanduser()
     if name == "mnist" and (env := _files.env_folder("PORTACNN_DATA")) is not None:
@@ -189,7 +189,7 @@ def load_dataset(name, split="train", root=None, download=None, *, dtype="uint8"
     is still checked). CIFAR-100 gives its fine labels; call
     :func:`load_cifar100` for the coarse ones.
     """
-    check_name(name)
+    name = canonical_name(name)
     # Looked up by name at call time, so that a replaced loader (a test's fake) is the one called.
     loader = globals()[f"load_{name}"]
     return loader(split, root, download, dtype=dtype, verify_md5=verify_md5)

@@ -75,12 +75,25 @@ _INFOS = {
 DATASETS = tuple(_INFOS)
 
 
+#: Other spellings people write, after lower-casing and turning "-" into "_".
+_ALIASES = {"fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist", "k_mnist": "kmnist",
+            "cifar_10": "cifar10", "cifar_100": "cifar100"}
+
+
+def canonical_name(name) -> str:
+    """``name`` as one of ``DATASETS`` ("Fashion-MNIST" and "cifar-10" too), or a ``DatasetError`` listing them."""
+    if isinstance(name, str):
+        key = name.strip().lower().replace("-", "_")
+        key = _ALIASES.get(key, key)
+        if key in _INFOS:
+            return key
+    raise DatasetError(f"unknown dataset {name!r}; known datasets are {', '.join(DATASETS)}")
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name`` (one of ``DATASETS``); CIFAR-100's is for its fine labels."""
-    check_name(name)
-    return _INFOS[name]
+    return _INFOS[canonical_name(name)]
 
 
 def check_name(name) -> None:
-    if not isinstance(name, str) or name not in _INFOS:
-        raise DatasetError(f"unknown dataset {name!r}; known datasets are {', '.join(DATASETS)}")
+    canonical_name(name)
