@@ -124,6 +124,8 @@ def _transposed(xp, batch):
 def conv2d_input_grad(xp, grad, input_shape, weight, geometry: ConvGeometry):
     """The conv2d input gradient, batch-last and unpadded (C, H, W, N), from ``grad``, the
     output gradient as an (O, OH*OW*N) matrix: per-tap products scattered back onto the input."""
+    if _is_plain_stride_one(geometry):
+        return _input_grad_as_conv(xp, grad, input_shape, weight, geometry)
     n, c, height, width = input_shape
     out_channels, (oh, ow), padding, groups = weight.shape[0], geometry.out_hw, geometry.padding, geometry.groups
     if groups == 1:
@@ -140,6 +142,26 @@ def conv2d_input_grad(xp, grad, input_shape, weight, geometry: ConvGeometry):
         (grad_cols[:, t, ...] for t in range(len(geometry.slices))),
     )
     return unpad_spatial(grad_x, padding)
+
+
+def _is_plain_stride_one(geometry: ConvGeometry) -> bool:
+    return (geometry.stride == (1, 1) and geometry.dilation == (1, 1) and geometry.groups == 1
+            and all(p <= k - 1 for p, k in zip(geometry.padding, geometry.kernel)))
+
+
+def _input_grad_as_conv(xp, grad, input_shape, weight, geometry: ConvGeometry):
+    """The stride-1 input gradient as a convolution: the output gradient, padded by ``k - 1 - p``, convolved
+    with the weight flipped in space and with its channel axes swapped. One patch matrix of the output
+    gradient and one GEMM, instead of a GEMM into a kh*kw times larger patch gradient that is then added
+    back tap by tap (about half the memory traffic for 3x3 kernels)."""
+    _, c, height, width = input_shape
+    out_channels, (oh, ow), kernel = weight.shape[0], geometry.out_hw, geometry.kernel
+    flipped = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))  # (C, O, kh, kw)
+    padding = (kernel[0] - 1 - geometry.padding[0], kernel[1] - 1 - geometry.padding[1])
+    transposed = ConvGeometry(kernel, (1, 1), padding, (1, 1), (height, width),
+                              tap_slices(kernel, (1, 1), (1, 1), (height, width)), 1)
+    cols = im2col(xp, batch_first(xp, xp.reshape(grad, (out_channels, oh, ow, -1))), transposed)
+    return xp.reshape(xp.matmul(xp.reshape(flipped, (c, -1)), cols), (c, height, width, -1))
 
 
 def conv2d_weight_grad(xp, grad, cols, weight_shape, groups: int = 1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .._arrays import count, namespace_of, reshape_sizes
+from .._arrays import count, namespace_of, reshape_sizes, writes_through_views
 from .._checks import (
     check_grad,
     check_number,
@@ -84,9 +84,15 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     scale = 1.0 / xp.sqrt(var + eps)
     if weight is not None:
         scale = scale * weight
-    y = centered * xp.reshape(scale, broadcast)
-    if bias is not None:
-        y = y + xp.reshape(bias, broadcast)
+    if writes_through_views(centered):  # centered is ours: scale (and shift) it where it lies
+        centered *= xp.reshape(scale, broadcast)
+        y = centered
+        if bias is not None:
+            y += xp.reshape(bias, broadcast)
+    else:
+        y = centered * xp.reshape(scale, broadcast)
+        if bias is not None:
+            y = y + xp.reshape(bias, broadcast)
     return y, running_mean, running_var
 
 
