@@ -829,8 +829,11 @@ def _train(config: TrainConfig) -> dict:
             scheduler.step()
         with numpy.errstate(over="ignore", invalid="ignore"):
             if distributed is None:
+                # Batches as large as training's, at least 64: a wide network's patch matrices at the
+                # default 250 fall out of cache (ResNet-8: 6.4 s against 4.5 s at 64 for the 10,000 images).
                 test_loss, test_accuracy, _ = evaluate(model, test_images, test_labels, compile=config.compile,
-                                                       normalization=normalization)
+                                                       normalization=normalization,
+                                                       batch_size=max(config.batch_size, 64))
             else:
                 test_loss, test_accuracy = _evaluate_distributed(model, test_images, test_labels, normalization)
         if not (math.isfinite(test_loss) and math.isfinite(train_loss)):

@@ -145,8 +145,11 @@ def conv2d_input_grad(xp, grad, input_shape, weight, geometry: ConvGeometry):
 
 
 def _is_plain_stride_one(geometry: ConvGeometry) -> bool:
+    """A stride-1 "same" convolution (output as large as the input), where the output gradient's patch
+    matrix is no larger than the patch gradient it replaces. With little padding (LeNet's 5x5 "valid"
+    convolutions) the padded output gradient's patches would be several times larger: the scatter wins."""
     return (geometry.stride == (1, 1) and geometry.dilation == (1, 1) and geometry.groups == 1
-            and all(p <= k - 1 for p, k in zip(geometry.padding, geometry.kernel)))
+            and all(2 * p == k - 1 for p, k in zip(geometry.padding, geometry.kernel)))
 
 
 def _input_grad_as_conv(xp, grad, input_shape, weight, geometry: ConvGeometry):

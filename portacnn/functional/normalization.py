@@ -123,8 +123,13 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, *, 
         return grad_out * xp.reshape(scale, broadcast), grad_weight, grad_bias
     values = count(xp, x, axes)
     mean_grad, mean_grad_x_hat = grad_bias / values, grad_weight / values
-    grad_x = ((grad_out - xp.reshape(mean_grad, broadcast)) * xp.reshape(scale, broadcast)
-              - centered * xp.reshape(scale * mean_grad_x_hat * inv_std, broadcast))
+    grad_x = grad_out - xp.reshape(mean_grad, broadcast)
+    if writes_through_views(grad_x):  # grad_x and centered are ours: no further full-size temporaries
+        grad_x *= xp.reshape(scale, broadcast)
+        centered *= xp.reshape(scale * mean_grad_x_hat * inv_std, broadcast)
+        grad_x -= centered
+        return grad_x, grad_weight, grad_bias
+    grad_x = grad_x * xp.reshape(scale, broadcast) - centered * xp.reshape(scale * mean_grad_x_hat * inv_std, broadcast)
     return grad_x, grad_weight, grad_bias
 
 
