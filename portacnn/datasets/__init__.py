@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from . import _files, cifar, idx, transforms
-from ._catalog import CIFAR100_COARSE_CLASSES, DATASETS, DatasetInfo, canonical_name, check_name, dataset_info
+from ._catalog import CIFAR100_COARSE_CLASSES, DATASETS, DatasetInfo, canonical_name, dataset_info
 
 try:  # tqdm only draws the download progress bar; everything works without it
     from tqdm import tqdm as _tqdm

@@ -94,6 +94,3 @@ def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name`` (one of ``DATASETS``); CIFAR-100's is for its fine labels."""
     return _INFOS[canonical_name(name)]
 
-
-def check_name(name) -> None:
-    canonical_name(name)
