@@ -512,12 +512,16 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
     try:
         for step in range(1, steps + 1):
             index = order[(step - 1) * config.batch_size: step * config.batch_size]
-            local = slice(None) if distributed is None else distributed.shard(numpy.arange(len(index)))
-            if len(index[local]):  # only the last, short batch can leave a process without images
-                # With augmentation every rank prepares the whole batch, so the random draws stay in step across ranks.
-                host = prepare(images[index])[local] if config.augment else prepare(images[index[local]])
+            local = index if distributed is None else distributed.shard(index)
+            if len(local):  # only the last, short batch can leave a process without images
+                if config.augment and distributed is not None:
+                    # Every rank augments the whole batch, so the random draws stay in step across ranks.
+                    start, stop = distributed.shard_bounds(len(index))
+                    host = prepare(images[index])[start:stop]
+                else:
+                    host = prepare(images[local])
                 x = to_device(host, placement)
-                host_labels = labels[index[local]].astype(LABEL_DTYPE)
+                host_labels = labels[local].astype(LABEL_DTYPE)
                 y = to_device(host_labels, placement)
                 if compiled_step is not None:  # forward, backward and update in one compiled call
                     loss, logits = compiled_step(x, y)
@@ -532,7 +536,7 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
             if compiled_step is None:
                 if distributed is not None:
                     # ... so each gradient counts by its share of the batch: the sum is the batch mean's gradient.
-                    distributed.allreduce_gradients(model, weight=len(index[local]) / len(index))
+                    distributed.allreduce_gradients(model, weight=len(local) / len(index))
                 optimizer.step()
                 optimizer.zero_grad()
             if batch_scheduler is not None:

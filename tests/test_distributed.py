@@ -295,7 +295,7 @@ def test_portacnn_train_distributed_prints_once_and_matches_one_process(mpiexec,
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert result.stdout.count("final test accuracy:") == 1
     assert result.stdout.count("epoch 1/1:") == 1
-    assert "training LeNet on 2 MPI processes" in result.stdout
+    assert "training lenet on mnist on 2 MPI processes" in result.stdout
     assert (tmp_path / "ck" / "last.npz").is_file()
     two = json.loads((tmp_path / "metrics.json").read_text())
 

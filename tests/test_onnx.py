@@ -103,7 +103,11 @@ def test_lenet_is_two_convs_two_pools_and_gemms(tmp_path):
     assert proto.opset_import[0].version == 17
 
 
-@pytest.mark.parametrize("name", available())
+# The zoo: the architectures portacnn.models itself registers (other test files register their own).
+ZOO = [name for name in available() if name in portacnn.models.__all__]
+
+
+@pytest.mark.parametrize("name", ZOO)
 def test_every_zoo_model_matches_onnxruntime(name, tmp_path):
     model = randomize_batch_norms(create(name, seed=0))
     proto = exported(model, tmp_path, natural_shape(name))

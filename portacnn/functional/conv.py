@@ -133,7 +133,7 @@ def conv2d_input_grad(xp, grad, input_shape, weight, geometry: ConvGeometry):
     else:
         grad_cols = xp.matmul(_transposed(xp, xp.reshape(weight, (groups, out_channels // groups, -1))),
                               _grouped(xp, grad, groups))
-    if groups != 1:  # merge the groups first, then split: a chunked library (dask) cannot do both in one reshape
+    if groups != 1:  # merge the groups first, then split: a chunked array library cannot do both in one reshape
         grad_cols = xp.reshape(grad_cols, (c * len(geometry.slices), -1))
     grad_cols = xp.reshape(grad_cols, (c, len(geometry.slices), oh, ow, -1))
     padded_shape = (c, height + 2 * padding[0], width + 2 * padding[1], n)  # n may be None: scatter_taps copes

@@ -233,7 +233,7 @@ def _split_groups_shape(x, num_groups: int) -> tuple:
 
 def _grouped(xp, x, num_groups: int):
     """``x`` as (N, num_groups, values per group): split the channels first, then merge, because a
-    chunked library (dask) cannot split and merge axes in one reshape."""
+    chunked array library cannot split and merge axes in one reshape."""
     return xp.reshape(xp.reshape(x, _split_groups_shape(x, num_groups)), _grouped_shape(x, num_groups))
 
 
