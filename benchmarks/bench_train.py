@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import sys
 import time
 import tracemalloc
@@ -80,6 +81,10 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="small settings that finish in under a minute")
     parser.add_argument("--no-compile", action="store_true",
                         help="run JAX eagerly too (by default its steps are compiled, as `portacnn train` does)")
+    parser.add_argument("--split-threads", type=common.int_list, default=[1], metavar="N[,N...]",
+                        help="also time the training step with its batch split across N threads "
+                             "(portacnn.threaded.ThreadedTrainStep, as `portacnn train --threads N` runs it); "
+                             "e.g. 1,2 gives a row for each (default: 1, the plain step)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -203,19 +208,23 @@ def torch_resnet(blocks: int, in_channels: int, num_classes: int = 10):
 
 
 def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM, weight_decay=0.0,
-                        compile_steps=True):
+                        compile_steps=True, split_threads=1):
     """(step, sync) for the training step exactly as a user writes it; compiled where
-    ``portacnn train`` compiles it (JAX), unless ``compile_steps`` is False."""
+    ``portacnn train`` compiles it (JAX), unless ``compile_steps`` is False; with
+    ``split_threads`` > 1, its batch split across that many threads."""
     from portacnn.backends import synchronize, to_device
     from portacnn.compiled import CompiledTrainStep, can_compile
     from portacnn.nn import CrossEntropyLoss
     from portacnn.optim import SGD
+    from portacnn.threaded import ThreadedTrainStep
 
     loss_fn = CrossEntropyLoss(check_labels=False)  # as `portacnn train`: a label check syncs a GPU every step
     optimizer = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     next_batch = cycler([(to_device(x, spec), to_device(y, spec)) for x, y in host_batches])
     model.train()
     compiled = CompiledTrainStep(model, loss_fn, optimizer) if compile_steps and can_compile(model) else None
+    if compiled is None and split_threads > 1:
+        compiled = ThreadedTrainStep(model, loss_fn, optimizer, threads=split_threads)
 
     def step():
         x, y = next_batch()
@@ -322,21 +331,23 @@ def supports(spec: str, dtype: str) -> bool:
     return dtype != "float64" or parse_spec(spec).supports_float64
 
 
-def compare(spec, reference, dtype, batch, calls, args, kind: str) -> dict:
+def compare(spec, reference, dtype, batch, calls, args, kind: str, split_threads: int = 1) -> dict:
     """One interleaved portacnn-vs-torch measurement (``kind``: train or inference)."""
     device = common.torch_device(reference)
     host = synthetic_batches(batch, dtype)
     model = portacnn_model(spec, dtype, args.model)
     ref_model = torch_model(model, dtype, device, args.model)
     if kind == "train":
-        ours = portacnn_train_step(model, spec, host, compile_steps=not args.no_compile)
+        ours = portacnn_train_step(model, spec, host, compile_steps=not args.no_compile,
+                                   split_threads=split_threads)
         theirs = torch_train_step(ref_model, device, host)
     else:
         ours = portacnn_infer_step(model, spec, host, compile_steps=not args.no_compile)
         theirs = torch_infer_step(ref_model, device, host)
     from portacnn.compiled import can_compile
 
-    label = spec + (" (compiled)" if not args.no_compile and can_compile(model) else "")
+    compiled = not args.no_compile and can_compile(model)
+    label = spec + (" (compiled)" if compiled else f" ({split_threads} threads)" if split_threads > 1 else "")
     # Inference batches are large: a second warm-up call lets the allocator settle.
     warmup = args.warmup if kind == "train" else max(2, args.warmup)
     for fn, sync in (ours, theirs):
@@ -361,12 +372,13 @@ def run_throughput(args, kind: str, skipped: list) -> list[dict]:
             if not supports(spec, dtype):
                 skipped.append(f"{kind} {spec} {dtype}: the backend has no {dtype}")
                 continue
-            for batch in batches:
+            for batch, split in itertools.product(batches, args.split_threads if kind == "train" else [1]):
                 calls = steps_for(args, batch) if kind == "train" else args.infer_steps
-                row = compare(spec, reference, dtype, batch, calls, args, kind)
+                row = compare(spec, reference, dtype, batch, calls, args, kind, split)
                 rows.append(row)
-                print(f"  {kind} {spec} {dtype} batch {batch}: portacnn {row['portacnn_images_per_s']:,.0f} img/s, "
-                      f"{reference} {row['reference_images_per_s']:,.0f} img/s", file=sys.stderr)
+                print(f"  {kind} {row['backend']} {dtype} batch {batch}: portacnn "
+                      f"{row['portacnn_images_per_s']:,.0f} img/s, {reference} {row['reference_images_per_s']:,.0f} img/s",
+                      file=sys.stderr)
     return rows
 
 

@@ -81,6 +81,10 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="run every step eagerly, op by op, even where the backend can compile a whole step "
                              "into one function (JAX compiles by default)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="split each training batch across N threads (NumPy releases the GIL in its kernels, "
+                             "so the threads share the cores' elementwise work); default: one per usable CPU on "
+                             "the numpy backend while each gets at least 32 images, else 1")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel across the processes of an MPI job: mpiexec -n N portacnn train "
                              "--distributed ... (needs mpi4py: pip install 'portacnn[mpi]'); --batch-size stays the "
@@ -99,7 +103,7 @@ def _run_train(args) -> int:
         train_size=args.train_size, test_size=args.test_size, dtype=args.dtype, seed=args.seed,
         data_dir=args.data_dir, download=True if args.download else None, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, plot=args.plot, metrics_out=args.metrics_out, quiet=args.quiet, preset=args.preset,
-        distributed=args.distributed, compile=args.compile)
+        distributed=args.distributed, compile=args.compile, threads=args.threads)
     metrics = train(config)
     if _lead():
         accuracy, epochs = metrics["test_accuracy"], len(metrics["history"])

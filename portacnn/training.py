@@ -51,9 +51,10 @@ import numpy
 from .autograd import no_grad
 from .backends import get_backend, parse_spec, placement_of, to_device, to_numpy
 from .compiled import CompiledTrainStep, can_compile, compiled_forward
+from .threaded import ThreadedTrainStep, blocking_layers, default_threads, map_in_threads
 from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint
 from .files import atomic_write
-from .errors import ArgumentError, CheckpointError, PortacnnError, ShapeError
+from .errors import ArgumentError, CheckpointError, PortacnnError, ShapeError, UsageError
 
 __all__ = [
     "PRESETS", "SYNC_EVERY", "TrainConfig", "TrainingDivergedError", "ConfigError",
@@ -65,6 +66,10 @@ LABEL_DTYPE = numpy.int32
 
 #: Training steps between reads of the device-side losses (progress bar and NaN check).
 SYNC_EVERY = 50
+
+#: The fewest images per thread for which ``threads=None`` splits a NumPy batch: below it the
+#: threads' Python overhead costs more than the second core gives (see benchmarks/README.md).
+SPLIT_MIN_IMAGES = 32
 
 #: Hyperparameter presets. ``seed`` is the write-up's experiment; ``fast`` is
 #: tuned for test accuracy per minute on a 2-core CPU. Explicit values in a
@@ -137,7 +142,11 @@ class TrainConfig:
     (a no-op in a single process). ``compile`` runs each training step and
     evaluation batch as one compiled function where the backend can (JAX;
     see ``portacnn.compiled``), and eagerly elsewhere, or when the run is
-    distributed.
+    distributed. ``threads`` splits each training batch across that many
+    threads (``portacnn.threaded``); None picks: on the NumPy backend one per
+    usable CPU, as long as each gets at least :data:`SPLIT_MIN_IMAGES` images
+    and the model has no batch norm or dropout, else 1. Compiled and
+    distributed steps do not split.
     """
 
     model: object = "lenet"
@@ -170,6 +179,7 @@ class TrainConfig:
     preset: str | None = None
     distributed: bool = False
     compile: bool = True
+    threads: int | None = None
 
     def __post_init__(self):
         # What a recipe leaves out comes from the default preset, then RECIPE_DEFAULTS.
@@ -258,6 +268,9 @@ class TrainConfig:
         for name in ("augment", "normalize", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer (or None to pick), got {self.threads!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.resume and not self.checkpoint_dir:
@@ -309,7 +322,8 @@ def _model_placement(model):
 EVAL_BATCH_SIZE = 250
 
 
-def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE, compile: bool = True, normalization=None):
+def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE, compile: bool = True, normalization=None,
+             threads: int | None = None):
     """Mean cross-entropy, accuracy and predicted classes of ``model`` on host arrays.
 
     ``images`` (N, C, H, W) uint8 or float, ``labels`` (N,) integers, both
@@ -318,8 +332,9 @@ def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE, compile: 
     Runs in eval mode (restoring the previous mode) in batches of
     ``batch_size``; reads results back from the device once. With
     ``compile`` (the default) the forward is one compiled function where the
-    backend can compile (JAX). Returns
-    ``(loss: float, accuracy: float, predictions: numpy int64 array)``.
+    backend can compile (JAX). ``threads`` batches run at a time, each on
+    its own thread (None: one per usable CPU on the NumPy backend, else 1).
+    Returns ``(loss: float, accuracy: float, predictions: numpy int64 array)``.
     """
     from . import functional as F
 
@@ -331,19 +346,23 @@ def evaluate(model, images, labels, batch_size: int = EVAL_BATCH_SIZE, compile: 
     was_training = model.training
     model.eval()
     forward = compiled_forward(model) if compile and can_compile(model) else None
-    loss_sums, all_logits = [], []
+    if threads is None:
+        threads = default_threads() if placement.backend == "numpy" and forward is None else 1
+
+    def loss_sum_and_logits(start):
+        batch = images[start:start + batch_size]
+        x = to_device(prepare_images(batch, dtype, *([normalization] if normalization else [])), placement)
+        y = to_device(labels[start:start + batch_size].astype(LABEL_DTYPE), placement)
+        if forward is not None:
+            logits = forward(x)
+        else:
+            with no_grad():
+                logits = model(x).data
+        return F.cross_entropy(logits, y, check_labels=False) * y.shape[0], logits
+
     try:
-        for start in range(0, len(labels), batch_size):
-            batch = images[start:start + batch_size]
-            x = to_device(prepare_images(batch, dtype, *([normalization] if normalization else [])), placement)
-            y = to_device(labels[start:start + batch_size].astype(LABEL_DTYPE), placement)
-            if forward is not None:
-                logits = forward(x)
-            else:
-                with no_grad():
-                    logits = model(x).data
-            loss_sums.append(F.cross_entropy(logits, y, check_labels=False) * y.shape[0])
-            all_logits.append(logits)
+        results = map_in_threads(loss_sum_and_logits, range(0, len(labels), batch_size), threads)
+        loss_sums, all_logits = [loss for loss, _ in results], [logits for _, logits in results]
         loss = float(numpy.sum(to_numpy(xp.stack(loss_sums)).astype(numpy.float64))) / len(labels)
         # argmax on the host: one small transfer, and it works on devices without int64 indices.
         predicted = numpy.argmax(to_numpy(xp.concat(all_logits)), axis=1).astype(numpy.int64)
@@ -487,7 +506,7 @@ def _flush(xp, pending_losses, pending_logits, pending_labels, epoch, first_step
 # NumPy would warn about overflow before the loss turns NaN; _flush reports that clearly instead.
 @numpy.errstate(over="ignore", invalid="ignore")
 def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, placement, epoch, distributed=None,
-                 compiled_step=None, prepare=None, batch_scheduler=None):
+                 whole_step=None, prepare=None, batch_scheduler=None):
     """One epoch of steps → (mean train loss, train accuracy).
 
     ``prepare`` turns a host batch of images into the float batch the model
@@ -496,9 +515,9 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
 
     With ``distributed`` (the module, in a multi-process job) this process
     trains on its shard of each global batch and the gradients are averaged
-    across processes before every optimizer step. With ``compiled_step`` (a
-    ``CompiledTrainStep``, never together with ``distributed``) each step is
-    one compiled call.
+    across processes before every optimizer step. With ``whole_step`` (a
+    ``CompiledTrainStep`` or a ``ThreadedTrainStep``, never together with
+    ``distributed``) one call does each step's forward, backward and update.
     """
     xp, n = placement.namespace, len(order)
     model.train()
@@ -523,8 +542,8 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
                 x = to_device(host, placement)
                 host_labels = labels[local].astype(LABEL_DTYPE)
                 y = to_device(host_labels, placement)
-                if compiled_step is not None:  # forward, backward and update in one compiled call
-                    loss, logits = compiled_step(x, y)
+                if whole_step is not None:  # forward, backward and update in one call
+                    loss, logits = whole_step(x, y)
                 else:
                     logits_tensor = model(x)
                     loss_tensor = loss_fn(logits_tensor, y)  # the mean over this process's images ...
@@ -533,7 +552,7 @@ def _train_epoch(model, loss_fn, optimizer, images, labels, order, config, place
                 pending_losses.append(loss)
                 pending_logits.append(logits)
                 pending_labels.append(host_labels)
-            if compiled_step is None:
+            if whole_step is None:
                 if distributed is not None:
                     # ... so each gradient counts by its share of the batch: the sum is the batch mean's gradient.
                     distributed.allreduce_gradients(model, weight=len(local) / len(index))
@@ -679,6 +698,21 @@ def _check_model_fits(model, info, placement, dtype) -> None:
                           f"{info.num_classes} classes: build it with num_classes={info.num_classes}")
 
 
+def _threaded_step(config: TrainConfig, placement, model, loss_fn, optimizer):
+    """A ``ThreadedTrainStep`` when the run asks for threads or ``threads=None`` picks more than one, else None."""
+    threads = config.threads
+    if threads is None:
+        if placement.backend != "numpy" or blocking_layers(model):
+            return None
+        threads = min(default_threads(), config.batch_size // SPLIT_MIN_IMAGES)
+    if threads <= 1:
+        return None
+    try:
+        return ThreadedTrainStep(model, loss_fn, optimizer, threads)
+    except UsageError as error:
+        raise ConfigError(f"--threads {threads}: {error}") from None
+
+
 def _build_optimizer(config: TrainConfig, model):
     from . import optim
 
@@ -816,8 +850,12 @@ def _train(config: TrainConfig) -> dict:
                      if config.compile and distributed is None and can_compile(model) else None)
     where = placement.spec if distributed is None else (
         f"{distributed.world_size()} MPI processes ({placement.spec} on rank 0), data-parallel")
+    threaded_step = None if compiled_step is not None or distributed is not None else _threaded_step(
+        config, placement, model, loss_fn, optimizer)
     if compiled_step is not None:
         where += " (each step compiled; --no-compile to run eagerly)"
+    elif threaded_step is not None:
+        where += f" (each batch split across {threaded_step.threads} threads)"
     _say(config, f"training {config.model_name} on {info.name} on {where}; {_plan(config)}")
     for epoch in range(start_epoch + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
@@ -825,7 +863,7 @@ def _train(config: TrainConfig) -> dict:
         try:
             train_loss, train_accuracy = _train_epoch(
                 model, loss_fn, optimizer, train_images, train_labels, order, config, placement, epoch, distributed,
-                compiled_step, prepare, scheduler if batch_scheduler else None)
+                compiled_step or threaded_step, prepare, scheduler if batch_scheduler else None)
         except TrainingDivergedError as error:
             raise TrainingDivergedError(f"{error}{_checkpoint_note(config)}") from None
         lr = optimizer.lr
