@@ -107,13 +107,14 @@ def _canonical_name(text: str) -> str:
 
 
 def _forget_cached_flags() -> None:
-    # portacnn._arrays caches writable_views per array type; a (re)registration
-    # may change which backend owns a type.
+    # portacnn._arrays caches writable_views and native_kernels per array type;
+    # a (re)registration may change which backend owns a type.
     import sys
 
     arrays = sys.modules.get("portacnn._arrays")
     if arrays is not None:
         arrays._WRITABLE_VIEWS_BY_TYPE.clear()
+        arrays._NATIVE_KERNELS_BY_TYPE.clear()
 
 
 def _check_name(name) -> None:
@@ -286,6 +287,10 @@ class Placement:
     @property
     def writable_views(self) -> bool:
         return get_backend(self.backend).writable_views
+
+    @property
+    def native_kernels(self) -> bool:
+        return get_backend(self.backend).native_kernels
 
     @property
     def compiles_steps(self) -> bool:

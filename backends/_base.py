@@ -76,6 +76,12 @@ class Backend(Protocol):
         that implementation-defined; the math uses it, where True, for a
         scatter-add with no extra copy. Declare it only if it is true:
         ``tests/test_backends.py`` checks it on every backend.
+    ``native_kernels: bool`` [False]
+        True where portacnn ships kernels that call the library's own fused
+        CNN ops (conv2d, max_pool2d and their backwards) in
+        ``portacnn/functional/_native/<backend name>.py``; the generic math
+        is used otherwise. A registered backend cannot ship them, so
+        :class:`PluginBackend` always says False.
     ``compiles_steps: bool`` [False]
         True where the library can compile a whole training step (forward,
         backward, update) into one function; then ``compile_step`` is required.
@@ -114,6 +120,7 @@ class Backend(Protocol):
     install_hint: str
     mutable_arrays: bool
     writable_views: bool
+    native_kernels: bool
     compiles_steps: bool
     imports_dlpack: bool
 
@@ -137,7 +144,7 @@ class Backend(Protocol):
 REQUIRED_MEMBERS = ("namespace", "device_names", "parse_device", "device_label", "owns", "device_of",
                     "from_host", "to_host")
 #: The capability flags: plain bools, False when left out.
-FLAGS = ("mutable_arrays", "writable_views", "compiles_steps", "imports_dlpack")
+FLAGS = ("mutable_arrays", "writable_views", "native_kernels", "compiles_steps", "imports_dlpack")
 #: The optional callables and what :class:`PluginBackend` does without them.
 OPTIONAL_DEFAULTS = {
     "is_available": "True",
@@ -210,6 +217,12 @@ class PluginBackend:
     @property
     def writable_views(self) -> bool:
         return getattr(self.wrapped, "writable_views", False)
+
+    @property
+    def native_kernels(self) -> bool:
+        # The kernels live in portacnn itself, under the built-in backend's name:
+        # a plugin (even one registered under a built-in name) has none there.
+        return False
 
     @property
     def compiles_steps(self) -> bool:

@@ -17,6 +17,7 @@ name = "jax"
 install_hint = "pip install jax (or jax[cuda12] for NVIDIA GPUs)"
 mutable_arrays = False  # JAX arrays are immutable: updates return new arrays
 writable_views = False
+native_kernels = False
 compiles_steps = True  # jax.jit: see compile_step
 imports_dlpack = True  # to_device may build its arrays with from_dlpack (see _base.Backend)
 

@@ -10,6 +10,7 @@ name = "numpy"
 install_hint = "pip install numpy"
 mutable_arrays = True
 writable_views = True
+native_kernels = False
 compiles_steps = False
 imports_dlpack = True  # to_device may build its arrays with from_dlpack (see _base.Backend)
 

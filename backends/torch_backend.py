@@ -12,6 +12,7 @@ name = "torch"
 install_hint = "pip install torch"
 mutable_arrays = True
 writable_views = True
+native_kernels = True  # portacnn/functional/_native/torch.py: PyTorch's own conv2d and max_pool2d
 compiles_steps = False
 imports_dlpack = True  # to_device may build its arrays with from_dlpack (see _base.Backend)
 

@@ -344,6 +344,8 @@ def test_capability_flags():
     assert not require("array_api_strict:no_float64").supports_float64
     assert B.parse_spec("numpy").writable_views
     assert not require("jax").writable_views
+    assert require("torch:cpu").native_kernels  # tests/test_native_kernels.py checks them against the generic math
+    assert not B.parse_spec("numpy").native_kernels
 
 
 @pytest.mark.parametrize("spec", SPECS)

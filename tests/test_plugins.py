@@ -271,6 +271,7 @@ def test_registered_backend_parses_lists_and_moves(fake):
 def test_registered_backend_gets_the_protocol_defaults(fake):
     place, backend = B.parse_spec(fake), B.get_backend(fake)
     assert not place.mutable_arrays and not place.writable_views and not place.compiles_steps
+    assert not place.native_kernels
     assert not backend.imports_dlpack and not backend.exports_dlpack(None)
     assert backend.is_available() and backend.version() == "unknown"
     assert place.supports_float64  # from the namespace's __array_namespace_info__
@@ -278,6 +279,25 @@ def test_registered_backend_gets_the_protocol_defaults(fake):
     assert "fakenp" in backend.install_hint
     with pytest.raises(BackendError, match="cannot compile"):
         backend.compile_step(lambda: None)
+
+
+def test_a_registered_backend_never_gets_native_kernels(registry):
+    """The kernels live in portacnn, under built-in names: a plugin that claims them, even one registered
+    as "torch", runs the generic math."""
+    from portacnn._arrays import native_kernels_for
+
+    class Claims(FakeBackend):
+        native_kernels = True
+
+    registry.register("fakenp", Claims())
+    assert not B.parse_spec("fakenp").native_kernels
+    assert native_kernels_for(B.to_device(np.zeros((1, 1, 2, 2)), "fakenp")) is None
+    torch = pytest.importorskip("torch")
+    import portacnn.backends.torch_backend as torch_backend
+
+    registry.register("torch", torch_backend, replace=True)
+    assert not B.parse_spec("torch").native_kernels
+    assert native_kernels_for(torch.zeros(1)) is None
 
 
 def test_registered_backend_moves_to_and_from_other_libraries(fake):
@@ -376,6 +396,7 @@ def test_missing_members_are_named(registry):
 
 @pytest.mark.parametrize("attribute, value, fragment", [
     ("writable_views", lambda: True, "not a bool: writable_views"),
+    ("native_kernels", 1, "not a bool: native_kernels"),
     ("compiles_steps", True, "compiles_steps is True but there is no compile_step"),
     ("synchronize", "soon", "not callable: synchronize"),
     ("install_hint", 3, "install_hint is not a string"),

@@ -10,15 +10,23 @@ implementations, so ``F.conv2d(x_tensor, weight)`` records a node while
 from __future__ import annotations
 
 from .. import functional as F
+from .._arrays import native_kernels_for
 from .._checks import check_probability
 from .._dispatch import HANDLERS
 from .tape import Function, as_input
 
 
 class Conv2d(Function):
+    kernels = None  # the backend's fused kernels (native_kernels_for), when it has them
+
     def forward(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
         xp, geometry = F.conv_geometry(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
                                        groups=groups)
+        kernels = native_kernels_for(x)
+        if kernels is not None:
+            # The fused backward works from x itself: there is no patch matrix to keep.
+            self.kernels, self.x, self.weight, self.geometry = kernels, x, weight, geometry
+            return kernels.conv2d(x, weight, bias, geometry)
         # The patch matrix is the largest share of a convolution's cost, so
         # it is kept for the weight gradient rather than rebuilt.
         patches = F.im2col(xp, x, geometry)
@@ -27,6 +35,9 @@ class Conv2d(Function):
         return F.conv2d_from_patches(xp, patches, x.shape[0], weight, bias, geometry)
 
     def backward(self, grad):
+        if self.kernels is not None:
+            return F.conv2d_backward_native(self.kernels, grad, self.x, self.weight, self.geometry,
+                                            self.needs_input_grad)
         return F.conv2d_backward_from_patches(self.xp, grad, self.patches, self.input_shape, self.weight,
                                               self.geometry, input_grad=self.needs_input_grad[0])
 
@@ -47,12 +58,16 @@ class ConvTranspose2d(Function):
 
 class MaxPool2d(Function):
     def forward(self, x, *, kernel_size, stride=None, padding=0, ceil_mode=False):
-        out = F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
-        self.x, self.out, self.options, self.ceil_mode = x, out, (kernel_size, stride, padding), ceil_mode
+        if not self.needs_input_grad[0]:
+            return F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+        out, argmax = F.max_pool2d_with_argmax(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+        # The fused backward needs only where the maxima lie; the generic one finds them again from out.
+        self.found = {"forward_output": out} if argmax is None else {"argmax": argmax}
+        self.x, self.options, self.ceil_mode = x, (kernel_size, stride, padding), ceil_mode
         return out
 
     def backward(self, grad):
-        return F.max_pool2d_backward(grad, self.x, *self.options, ceil_mode=self.ceil_mode, forward_output=self.out)
+        return F.max_pool2d_backward(grad, self.x, *self.options, ceil_mode=self.ceil_mode, **self.found)
 
 
 class _KeepsInput(Function):

@@ -12,11 +12,15 @@ inputs, so a caller only has to keep those inputs.
 Rules these modules keep (see the README): only the standard plus
 ``array_api_extra``; no integer-index scatter (gradients are added back on
 *slices*); no in-place writes on arrays a caller can see (JAX arrays are
-immutable, NumPy inputs may be read-only). The one backend-specific fast path
-is behind the ``writable_views`` capability of ``portacnn.backends``: the
-scatter-add into an accumulator the op just created goes through views
-where a backend declares it (NumPy, CuPy, torch) and through
-``array_api_extra.at`` elsewhere; a test checks both give the same bits.
+immutable, NumPy inputs may be read-only). The one backend-specific fast
+path inside this math is behind the ``writable_views`` capability of
+``portacnn.backends``: the scatter-add into an accumulator the op just
+created goes through views where a backend declares it (NumPy, CuPy,
+torch) and through ``array_api_extra.at`` elsewhere; a test checks both
+give the same bits. Apart from this math, a backend that declares
+``native_kernels`` (torch) has conv2d, max_pool2d and their backwards run
+by its library's own fused ops (``_native/``), after the same argument
+checks; tests/test_native_kernels.py checks both paths agree.
 
 The forward ops are ``tape_aware``: given a ``portacnn.Tensor`` they hand
 the call to the tape (``portacnn.autograd``), which records a node whose
@@ -58,12 +62,14 @@ from .activation import (
 )
 
 # Building blocks the layers and the tape use (the conv keeps its patch
-# matrix between forward and backward; Dropout draws its masks on the host).
+# matrix between forward and backward, or its input where the backend has
+# fused kernels; Dropout draws its masks on the host).
 from .conv import (  # noqa: F401,E402
                          ConvGeometry,
                          conv2d,
                          conv2d_backward,
                          conv2d_backward_from_patches,
+                         conv2d_backward_native,
                          conv2d_from_patches,
                          conv_geometry,
                          conv_transpose2d,
@@ -99,6 +105,7 @@ from .normalization import (
                          layer_norm_backward,
 )
 from .pooling import avg_pool2d, avg_pool2d_backward, lp_pool2d, lp_pool2d_backward, max_pool2d, max_pool2d_backward
+from .pooling import max_pool2d_with_argmax  # noqa: F401 - a building block of the tape's MaxPool2d
 from .pooling import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
                       adaptive_max_pool2d_backward)
 from .upsampling import interpolate, interpolate_backward

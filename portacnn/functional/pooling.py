@@ -1,10 +1,14 @@
-"""Max, average and power-mean pooling, on the batch-last view of the input like convolution."""
+"""Max, average and power-mean pooling, on the batch-last view of the input like convolution.
+
+max_pool2d and its backward run the backend's own fused kernels instead where it declares
+``native_kernels`` (``_native/``), after the same checks.
+"""
 
 from __future__ import annotations
 
 import math
 
-from .._arrays import device_of, namespace_of, with_sizes
+from .._arrays import device_of, namespace_of, native_kernels_for, with_sizes
 from .._checks import check_grad, is_real_number, pair, require_float, require_ndim
 from .._dispatch import tape_aware
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
@@ -110,6 +114,12 @@ def check_pool_padding(padding, kernel, op: str) -> None:
             f"never lie entirely in the padding); use padding <= {(kernel[0] // 2, kernel[1] // 2)}")
 
 
+def _stride(slices) -> tuple[int, int]:
+    """The pooling stride, which every tap's (rows, cols) slices step by."""
+    rows, cols = slices[0]
+    return rows.step, cols.step
+
+
 def _window_max(taps, xp):
     out = taps[0]
     for tap in taps[1:]:
@@ -120,32 +130,55 @@ def _window_max(taps, xp):
 @tape_aware
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False):
     """Max over each window; padding is −inf so it never wins. ``ceil_mode`` as in PyTorch."""
-    xp, _, _, pads, slices, _ = _pool_setup(x, kernel_size, stride, padding, "max_pool2d", ceil_mode)
+    xp, kernel, _, pads, slices, _ = _pool_setup(x, kernel_size, stride, padding, "max_pool2d", ceil_mode)
+    kernels = native_kernels_for(x)
+    if kernels is not None:
+        return kernels.max_pool2d(x, kernel, _stride(slices), pads[0], ceil_mode)
     taps = window_taps(_pad(xp, batch_last(xp, x), pads, -math.inf), slices)
     return batch_first(xp, _window_max(taps, xp))
 
 
-def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, *, ceil_mode=False, forward_output=None):
+def max_pool2d_with_argmax(x, kernel_size, stride=None, padding=0, *, ceil_mode=False):
+    """``max_pool2d`` for a caller that will differentiate it → ``(out, argmax)``.
+
+    ``argmax`` is where a backend's fused kernels found each window's maximum,
+    for ``max_pool2d_backward``; it is None on the generic path, whose backward
+    finds the maxima again from ``out`` (its ``forward_output``).
+    """
+    xp, kernel, _, pads, slices, _ = _pool_setup(x, kernel_size, stride, padding, "max_pool2d", ceil_mode)
+    kernels = native_kernels_for(x)
+    if kernels is not None:
+        return kernels.max_pool2d_with_argmax(x, kernel, _stride(slices), pads[0], ceil_mode)
+    taps = window_taps(_pad(xp, batch_last(xp, x), pads, -math.inf), slices)
+    return batch_first(xp, _window_max(taps, xp)), None
+
+
+def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, *, ceil_mode=False, forward_output=None,
+                        argmax=None):
     """Gradient of ``max_pool2d``: each window's gradient goes to its maximum.
 
     On ties the first maximum in row-major window order takes it, on every
     backend: taps are visited in that order and each takes the gradient its
-    window has not yet handed out. ``forward_output``, the result of the
-    ``max_pool2d`` call being differentiated, saves recomputing it.
+    window has not yet handed out (PyTorch's fused kernels, used where the
+    backend declares ``native_kernels``, do the same). ``forward_output``, the
+    result of the ``max_pool2d`` call being differentiated, saves recomputing
+    it; ``argmax``, the second result of ``max_pool2d_with_argmax`` for this
+    ``x``, does so for the fused kernels.
     """
-    xp, _, out_shape, pads, slices, disjoint = _pool_setup(
+    xp, kernel, out_shape, pads, slices, disjoint = _pool_setup(
         x, kernel_size, stride, padding, "max_pool2d_backward", ceil_mode)
     check_grad(grad_out, x, out_shape, "max_pool2d_backward")
-    taps = window_taps(_pad(xp, batch_last(xp, x), pads, -math.inf), slices)
-    if forward_output is None:
-        out = _window_max(taps, xp)
-    else:
+    if forward_output is not None:
         namespace_of(forward_output, x, names=("forward_output", "x"))
         if tuple(forward_output.shape) != out_shape or forward_output.dtype != x.dtype:
             raise ShapeError(
                 f"max_pool2d_backward: forward_output must be max_pool2d's result for this x, of shape {out_shape} "
                 f"and dtype {x.dtype}; got shape {tuple(forward_output.shape)}, dtype {forward_output.dtype}")
-        out = batch_last(xp, forward_output)
+    kernels = native_kernels_for(x)
+    if kernels is not None:
+        return kernels.max_pool2d_backward(grad_out, x, kernel, _stride(slices), pads[0], ceil_mode, argmax)
+    taps = window_taps(_pad(xp, batch_last(xp, x), pads, -math.inf), slices)
+    out = _window_max(taps, xp) if forward_output is None else batch_last(xp, forward_output)
 
     remaining = batch_last(xp, grad_out)
     tap_grads = []
