@@ -29,6 +29,10 @@ _NAMESPACE_BY_TYPE: dict[type, object] = {}
 # Array types whose library has a single device (NumPy's "cpu"): two of them
 # are always on the same device, so that check is skipped for them.
 _SINGLE_DEVICE_TYPES: set[type] = set()
+# Array types whose ``.device`` attribute is the standard's: read directly, it
+# costs a tenth of ``array_api_compat.device``, which first asks which of the
+# libraries that lack one (NumPy < 2, chunked arrays, traced JAX) the array comes from.
+_DEVICE_ATTRIBUTE_TYPES: set[type] = set()
 
 
 def _label(names, index: int) -> str:
@@ -45,6 +49,10 @@ def _new_namespace(array, index: int, names):
     _NAMESPACE_BY_TYPE[type(array)] = namespace
     if array_api_compat.is_numpy_namespace(namespace):
         _SINGLE_DEVICE_TYPES.add(type(array))
+    elif any(is_library(namespace) for is_library in (array_api_compat.is_torch_namespace,
+                                                      array_api_compat.is_cupy_namespace,
+                                                      array_api_compat.is_array_api_strict_namespace)):
+        _DEVICE_ATTRIBUTE_TYPES.add(type(array))
     return namespace
 
 
@@ -66,8 +74,7 @@ def namespace_of(*arrays, names: tuple[str, ...] | None = None):
         if first is None:
             first, first_index, first_namespace = array, index, namespace
         elif namespace is not first_namespace or (
-                kind not in _SINGLE_DEVICE_TYPES
-                and array_api_compat.device(array) != array_api_compat.device(first)):
+                kind not in _SINGLE_DEVICE_TYPES and device_of(array) != device_of(first)):
             raise BackendMismatchError(
                 f"{_label(names, first_index)} is a {describe_array(first)} but {_label(names, index)} is a "
                 f"{describe_array(array)}; move both to one place first, e.g. "
@@ -99,7 +106,66 @@ def writes_through_views(x) -> bool:
     return flag
 
 
+# Per array type, the module of kernels its backend ships (``native_kernels``
+# in backends/_base.py), or None for the generic math. Conv and max pooling
+# ask on every call, so the answer, None included, is cached.
+_NATIVE_KERNELS_BY_TYPE: dict[type, object] = {}
+# True inside portacnn.functional._native.generic_only(), which empties the
+# cache on the way in and out, so the hot path never reads this.
+_generic_only = False
+
+
+def native_kernels_for(x):
+    """The module of fused kernels for ``x``'s backend (``portacnn.functional._native.torch``), or None."""
+    try:
+        return _NATIVE_KERNELS_BY_TYPE[type(x)]
+    except KeyError:
+        return _find_native_kernels(x)
+
+
+def _find_native_kernels(x):
+    from .backends import get_backend, placement_of
+    from .errors import PortacnnError
+
+    kernels = None
+    if not _generic_only:
+        try:
+            name = placement_of(x).backend
+            if get_backend(name).native_kernels:
+                import importlib
+
+                kernels = importlib.import_module(f"portacnn.functional._native.{name}")
+        except PortacnnError:  # a type no backend owns takes the generic path (and fails there, clearly)
+            kernels = None
+    _NATIVE_KERNELS_BY_TYPE[type(x)] = kernels
+    return kernels
+
+
+# Per array type, whether its backend compiles whole steps (``compiles_steps``:
+# JAX). Such a library fuses chains of slices and copies into one loop, so the
+# math may spend extra intermediate arrays to issue fewer, larger ops.
+_FUSES_OPS_BY_TYPE: dict[type, bool] = {}
+
+
+def fuses_ops(x) -> bool:
+    """Whether ``x``'s library compiles programs and fuses their elementwise work (JAX, under ``jax.jit``)."""
+    kind = type(x)
+    flag = _FUSES_OPS_BY_TYPE.get(kind)
+    if flag is None:
+        from .backends import get_backend, placement_of
+        from .errors import PortacnnError
+
+        try:
+            flag = bool(get_backend(placement_of(x).backend).compiles_steps)
+        except PortacnnError:
+            flag = False
+        _FUSES_OPS_BY_TYPE[kind] = flag
+    return flag
+
+
 def device_of(x):
+    if type(x) in _DEVICE_ATTRIBUTE_TYPES:
+        return x.device
     return array_api_compat.device(x)
 
 

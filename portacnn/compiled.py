@@ -31,7 +31,7 @@ from .autograd import no_grad
 from .backends import get_backend, placement_of
 from .errors import UsageError
 
-__all__ = ["CompiledTrainStep", "compiled_forward", "can_compile"]
+__all__ = ["CompiledTrainStep", "can_compile", "compiled_forward"]
 
 
 def _placement(model):
@@ -79,8 +79,6 @@ class CompiledTrainStep:
             raise UsageError("a compiled training step cannot use Dropout (its masks are drawn on the host and "
                              "would be frozen into the compiled step); train this model eagerly (--no-compile)")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self._xp = placement.namespace
-        self._dtype = model.parameters()[0].data.dtype
         self._compile = get_backend(placement.backend).compile_step
         self._compiled_by_mode = {}
         self._without_grad = {}  # mode -> indices of the parameters the traced step gave no gradient
@@ -132,7 +130,7 @@ class CompiledTrainStep:
         return params, buffers, self._optimizer_state(), loss.data, logits.data
 
     def __call__(self, x, y):
-        optimizer, xp = self.optimizer, self._xp
+        optimizer = self.optimizer
         rates = [group["lr"] for group in optimizer.param_groups]
         step_count = optimizer.step_count
         params, buffers = _model_state(self.model)
@@ -140,8 +138,10 @@ class CompiledTrainStep:
         missed = list(getattr(optimizer, "_missed", ()))  # the trace's own counting is undone below
         try:
             new_params, new_buffers, new_optimizer_state, loss, logits = self._compiled(
-                params, buffers, optimizer_state, [xp.asarray(rate, dtype=self._dtype) for rate in rates],
-                xp.asarray(step_count, dtype=self._dtype), x, y)
+                # Plain numbers are traced as weakly typed scalars (taking the parameters' dtype where
+                # they meet them): a new rate needs no new compilation, and unlike a fresh device
+                # array per call they cost no extra dispatch that waits for the previous step.
+                params, buffers, optimizer_state, [float(rate) for rate in rates], float(step_count), x, y)
         except BaseException:
             # Tracing ran the step on placeholders: put the real arrays back.
             _load_model_state(self.model, params, buffers)

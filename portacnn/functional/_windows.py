@@ -138,7 +138,36 @@ def scatter_taps(xp, shape, dtype, device, slices, tap_grads, *, disjoint=False)
                 window = grad[:, rows, cols, :]
                 window += tap_grad
         return grad
+    tap_grads = list(tap_grads)
+    if disjoint and _tile_the_input(slices):
+        return _interleaved(xp, shape, tap_grads, slices)
     for (rows, cols), tap_grad in zip(slices, tap_grads):
         update = xpx.at(grad)[:, rows, cols, :]
         grad = update.set(tap_grad, xp=xp) if disjoint else update.add(tap_grad, xp=xp)
     return grad
+
+
+# Without writable views, each ``at`` update is a new array (a scatter or an
+# in-place dynamic-update-slice on JAX). Windows that tile the input need
+# none: their gradients are woven together by stacking and reshaping, which
+# gives the same bits (every element is set once).
+
+
+def _tile_the_input(slices) -> bool:
+    """Whether the windows are kh x kw tiles laid side by side (stride == kernel, no dilation)."""
+    kh = len({rows.start for rows, _ in slices})
+    kw = len(slices) // kh
+    return all(rows.step == kh and cols.step == kw and rows.start == index // kw and cols.start == index % kw
+               for index, (rows, cols) in enumerate(slices))
+
+
+def _interleaved(xp, shape, tap_grads, slices):
+    """Tiles' gradients (C, OH, OW, N) in row-major tap order, woven into (C, OH*kh, OW*kw, N), then
+    padded with zeros to ``shape`` where the tiles stop short of the input's edge."""
+    kh = len({rows.start for rows, _ in slices})
+    kw = len(slices) // kh
+    c, oh, ow = tap_grads[0].shape[:3]
+    rows = [xp.reshape(xp.stack(tap_grads[i * kw:(i + 1) * kw], axis=3), (c, oh, ow * kw, -1)) for i in range(kh)]
+    woven = xp.reshape(xp.stack(rows, axis=2), (c, oh * kh, ow * kw, -1))
+    return pad_hw(xp, woven, (0, shape[1] - oh * kh), (0, shape[2] - ow * kw), 0.0)
+
