@@ -82,9 +82,13 @@ def parse_args(argv=None):
     parser.add_argument("--no-compile", action="store_true",
                         help="run JAX eagerly too (by default its steps are compiled, as `portacnn train` does)")
     parser.add_argument("--split-threads", type=common.int_list, default=[1], metavar="N[,N...]",
-                        help="also time the training step with its batch split across N threads "
+                        help="also time the numpy training step with its batch split across N threads "
                              "(portacnn.threaded.ThreadedTrainStep, as `portacnn train --threads N` runs it); "
                              "e.g. 1,2 gives a row for each (default: 1, the plain step)")
+    parser.add_argument("--host-allocator", choices=("portacnn", "default"), default="portacnn",
+                        help="'portacnn' (the default) keeps freed host memory in the process as `portacnn train` "
+                             "does on the numpy backend (portacnn.host_allocator; the reference runs in the same "
+                             "process, so it gets the same allocator); 'default' leaves glibc's settings alone")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -364,6 +368,8 @@ def compare(spec, reference, dtype, batch, calls, args, kind: str, split_threads
 
 
 def run_throughput(args, kind: str, skipped: list) -> list[dict]:
+    from portacnn.backends import parse_spec
+
     batches = args.batch_sizes if kind == "train" else [args.infer_batch]
     rows = []
     for spec in args.backends:
@@ -372,7 +378,8 @@ def run_throughput(args, kind: str, skipped: list) -> list[dict]:
             if not supports(spec, dtype):
                 skipped.append(f"{kind} {spec} {dtype}: the backend has no {dtype}")
                 continue
-            for batch, split in itertools.product(batches, args.split_threads if kind == "train" else [1]):
+            splits = args.split_threads if kind == "train" and parse_spec(spec).backend == "numpy" else [1]
+            for batch, split in itertools.product(batches, splits):
                 calls = steps_for(args, batch) if kind == "train" else args.infer_steps
                 row = compare(spec, reference, dtype, batch, calls, args, kind, split)
                 rows.append(row)
@@ -562,6 +569,14 @@ def main(argv=None) -> int:
     if prepared is None:
         return 2
     machine, threads = prepared
+    if args.host_allocator == "portacnn" and any(spec.split(":")[0] == "numpy" for spec in args.backends):
+        from portacnn.host_allocator import keep_freed_host_memory
+
+        tuned = keep_freed_host_memory()
+        print("host allocator: " + ("freed memory kept in the process, as `portacnn train` on numpy does "
+                                    "(--host-allocator default for glibc's own settings)" if tuned else
+                                    "the C library's defaults (not glibc, or PORTACNN_HOST_ALLOCATOR=default)"))
+    machine["host_allocator"] = args.host_allocator
 
     started = time.perf_counter()
     results: dict = {"benchmark": "bench_train", "machine": machine, "threads": threads,

@@ -54,6 +54,7 @@ from .compiled import CompiledTrainStep, can_compile, compiled_forward
 from .threaded import ThreadedTrainStep, blocking_layers, default_threads, map_in_threads
 from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint
 from .files import atomic_write
+from .host_allocator import keep_freed_host_memory
 from .errors import ArgumentError, CheckpointError, PortacnnError, ShapeError, UsageError
 
 __all__ = [
@@ -789,6 +790,8 @@ def _train(config: TrainConfig) -> dict:
     else:
         placement = parse_spec(config.backend if distributed is None else distributed.local_device_spec(config.backend))
     device = get_backend(placement.backend).device_label(placement.device)
+    if placement.backend == "numpy":
+        keep_freed_host_memory()  # each step's arrays reuse freed memory instead of faulting in new pages
 
     checkpoint = None
     if config.resume:
