@@ -107,7 +107,7 @@ def _canonical_name(text: str) -> str:
 
 
 def _forget_cached_flags() -> None:
-    # portacnn._arrays caches writable_views and native_kernels per array type;
+    # portacnn._arrays caches writable_views, native_kernels and compiles_steps per array type;
     # a (re)registration may change which backend owns a type.
     import sys
 
@@ -115,6 +115,7 @@ def _forget_cached_flags() -> None:
     if arrays is not None:
         arrays._WRITABLE_VIEWS_BY_TYPE.clear()
         arrays._NATIVE_KERNELS_BY_TYPE.clear()
+        arrays._FUSES_OPS_BY_TYPE.clear()
 
 
 def _check_name(name) -> None:

@@ -92,18 +92,22 @@ _WRITABLE_VIEWS_BY_TYPE: dict[type, bool] = {}
 
 def writes_through_views(x) -> bool:
     """Whether an in-place operator on a slice of ``x`` updates ``x`` itself (NumPy, CuPy, torch)."""
-    kind = type(x)
-    flag = _WRITABLE_VIEWS_BY_TYPE.get(kind)
-    if flag is None:
+    return _backend_flag(x, "writable_views", _WRITABLE_VIEWS_BY_TYPE)
+
+
+def _backend_flag(x, flag: str, cache: dict) -> bool:
+    """The capability ``flag`` of the backend owning ``x``'s type (False for types no backend owns), cached."""
+    value = cache.get(type(x))
+    if value is None:
         from .backends import get_backend, placement_of
         from .errors import PortacnnError
 
         try:
-            flag = bool(get_backend(placement_of(x).backend).writable_views)
+            value = bool(getattr(get_backend(placement_of(x).backend), flag))
         except PortacnnError:
-            flag = False
-        _WRITABLE_VIEWS_BY_TYPE[kind] = flag
-    return flag
+            value = False
+        cache[type(x)] = value
+    return value
 
 
 # Per array type, the module of kernels its backend ships (``native_kernels``
@@ -149,18 +153,7 @@ _FUSES_OPS_BY_TYPE: dict[type, bool] = {}
 
 def fuses_ops(x) -> bool:
     """Whether ``x``'s library compiles programs and fuses their elementwise work (JAX, under ``jax.jit``)."""
-    kind = type(x)
-    flag = _FUSES_OPS_BY_TYPE.get(kind)
-    if flag is None:
-        from .backends import get_backend, placement_of
-        from .errors import PortacnnError
-
-        try:
-            flag = bool(get_backend(placement_of(x).backend).compiles_steps)
-        except PortacnnError:
-            flag = False
-        _FUSES_OPS_BY_TYPE[kind] = flag
-    return flag
+    return _backend_flag(x, "compiles_steps", _FUSES_OPS_BY_TYPE)
 
 
 def device_of(x):
