@@ -26,6 +26,7 @@ import contextlib
 import copy
 import itertools
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ArgumentError, UsageError
@@ -96,6 +97,8 @@ class ThreadedTrainStep:
         # Parameters are new objects (their own .grad); their arrays are the model's.
         self._replicas = [copy.deepcopy(model, memo=dict(shared)) for _ in range(threads - 1)]
         self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="portacnn-part") if threads > 1 else None
+        if self._pool is not None:  # its threads end with the step (a finished train() call), not the process
+            weakref.finalize(self, self._pool.shutdown, wait=False)
         self._limit_blas = _blas_limiter()
 
     def _sync_replicas(self):
@@ -148,6 +151,7 @@ class ThreadedTrainStep:
         return loss, xp.concat([logits for _, logits in results], axis=0)
 
     def close(self):
+        """End the worker threads now (they also end when the step is garbage-collected)."""
         if self._pool is not None:
             self._pool.shutdown()
 

@@ -212,3 +212,22 @@ def test_map_in_threads_keeps_order_grad_mode_and_errors():
 
     with pytest.raises(ValueError, match="part 2 failed"):
         map_in_threads(fail, range(4), 2)
+
+
+def test_a_dropped_step_ends_its_threads():
+    import gc
+    import threading
+
+    def part_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("portacnn-part")]
+
+    before = len(part_threads())
+    model = models.create("lenet", seed=3, dtype="float64")
+    step = ThreadedTrainStep(model, nn.CrossEntropyLoss(), SGD(model.parameters(), lr=0.05), threads=3)
+    step(*_batch(8))
+    assert len(part_threads()) > before
+    del step
+    gc.collect()
+    for thread in part_threads()[before:]:
+        thread.join(timeout=5)
+    assert len(part_threads()) == before
