@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ArgumentError, UsageError
 
-__all__ = ["ThreadedTrainStep", "blocking_layers", "default_threads", "map_in_threads"]
+__all__ = ["ThreadedTrainStep", "blocking_layers", "default_threads", "map_in_threads", "one_blas_thread"]
 
 
 def default_threads() -> int:
@@ -177,6 +177,16 @@ def map_in_threads(function, items, threads: int) -> list:
 
     with _blas_limiter()(), ThreadPoolExecutor(threads, thread_name_prefix="portacnn-part") as pool:
         return list(pool.map(run, items))
+
+
+def one_blas_thread():
+    """A context manager holding the BLAS libraries to one thread (nothing without ``threadpoolctl``).
+
+    ``portacnn train`` runs small NumPy batches (under :data:`portacnn.training.SPLIT_MIN_IMAGES`
+    images) in it: their matrix products are too small to share, and a second BLAS thread
+    spinning between them only takes the core from the rest of the step.
+    """
+    return _blas_limiter()()
 
 
 def _blas_limiter():

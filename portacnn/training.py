@@ -38,6 +38,7 @@ rounding. In a single process ``distributed=True`` changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -51,7 +52,7 @@ import numpy
 from .autograd import no_grad
 from .backends import get_backend, parse_spec, placement_of, to_device, to_numpy
 from .compiled import CompiledTrainStep, can_compile, compiled_forward
-from .threaded import ThreadedTrainStep, blocking_layers, default_threads, map_in_threads
+from .threaded import ThreadedTrainStep, blocking_layers, default_threads, map_in_threads, one_blas_thread
 from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint
 from .files import atomic_write
 from .host_allocator import keep_freed_host_memory
@@ -860,13 +861,17 @@ def _train(config: TrainConfig) -> dict:
     elif threaded_step is not None:
         where += f" (each batch split across {threaded_step.threads} threads)"
     _say(config, f"training {config.model_name} on {info.name} on {where}; {_plan(config)}")
+    # Small NumPy batches' matrix products are too small to share between BLAS threads (see one_blas_thread).
+    small_steps = (placement.backend == "numpy" and compiled_step is None and threaded_step is None
+                   and distributed is None and config.batch_size < SPLIT_MIN_IMAGES)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
         order = rng.permutation(len(train_labels))
         try:
-            train_loss, train_accuracy = _train_epoch(
-                model, loss_fn, optimizer, train_images, train_labels, order, config, placement, epoch, distributed,
-                compiled_step or threaded_step, prepare, scheduler if batch_scheduler else None)
+            with one_blas_thread() if small_steps else contextlib.nullcontext():
+                train_loss, train_accuracy = _train_epoch(
+                    model, loss_fn, optimizer, train_images, train_labels, order, config, placement, epoch,
+                    distributed, compiled_step or threaded_step, prepare, scheduler if batch_scheduler else None)
         except TrainingDivergedError as error:
             raise TrainingDivergedError(f"{error}{_checkpoint_note(config)}") from None
         lr = optimizer.lr

@@ -231,3 +231,30 @@ def test_a_dropped_step_ends_its_threads():
     for thread in part_threads()[before:]:
         thread.join(timeout=5)
     assert len(part_threads()) == before
+
+
+def test_small_numpy_batches_train_with_one_blas_thread(monkeypatch, fake_mnist):
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def spy():
+        entered.append(1)
+        yield
+
+    monkeypatch.setattr(portacnn.training, "one_blas_thread", spy)
+    monkeypatch.setattr(portacnn.training, "default_threads", lambda: 2)
+    train(_config(fake_mnist, batch_size=16, epochs=2))  # too small to split: each epoch under one BLAS thread
+    assert entered == [1, 1]
+    train(_config(fake_mnist, batch_size=64))            # split across threads instead
+    assert entered == [1, 1]
+
+
+def test_one_blas_thread_holds_blas_to_one_thread():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from portacnn.threaded import one_blas_thread
+
+    with one_blas_thread():
+        blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and all(pool["num_threads"] == 1 for pool in blas)
