@@ -189,6 +189,11 @@ def _describe(backend: Any) -> str:
     return f"module {module}" if module and type(backend).__name__ == "module" else f"a {type(backend).__name__}"
 
 
+def _plugin_flag(flag: str) -> property:
+    """A capability flag read from the wrapped backend, False where it leaves it out."""
+    return property(lambda self: getattr(self.wrapped, flag, False), doc=f"The plugin's ``{flag}`` (default False).")
+
+
 class PluginBackend:
     """A registered backend, with the protocol's defaults for what it leaves out.
 
@@ -210,27 +215,16 @@ class PluginBackend:
         return f"PluginBackend({self.name!r}, {_describe(self.wrapped)}, {self.source})"
 
     # -- flags and hints: read on every use, so a plugin may compute them
-    @property
-    def mutable_arrays(self) -> bool:
-        return getattr(self.wrapped, "mutable_arrays", False)
-
-    @property
-    def writable_views(self) -> bool:
-        return getattr(self.wrapped, "writable_views", False)
+    mutable_arrays = _plugin_flag("mutable_arrays")
+    writable_views = _plugin_flag("writable_views")
+    compiles_steps = _plugin_flag("compiles_steps")
+    imports_dlpack = _plugin_flag("imports_dlpack")
 
     @property
     def native_kernels(self) -> bool:
         # The kernels live in portacnn itself, under the built-in backend's name:
         # a plugin (even one registered under a built-in name) has none there.
         return False
-
-    @property
-    def compiles_steps(self) -> bool:
-        return getattr(self.wrapped, "compiles_steps", False)
-
-    @property
-    def imports_dlpack(self) -> bool:
-        return getattr(self.wrapped, "imports_dlpack", False)
 
     @property
     def install_hint(self) -> str:

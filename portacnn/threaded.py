@@ -29,6 +29,7 @@ import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+from ._arrays import namespace_of
 from .errors import ArgumentError, UsageError
 
 __all__ = ["ThreadedTrainStep", "blocking_layers", "default_threads", "map_in_threads", "one_blas_thread"]
@@ -136,14 +137,13 @@ class ThreadedTrainStep:
             futures = [self._pool.submit(self._run_part, model, *piece) for model, piece in zip(models[1:], pieces[1:])]
             results = [self._run_part(models[0], *pieces[0])]
             results += [future.result() for future in futures]
+        replica_parameters = [replica.parameters() for replica in models[1:]]
         for index, parameter in enumerate(self.model.parameters()):
-            for replica in models[1:]:
-                grad = replica.parameters()[index].grad
+            for parameters in replica_parameters:
+                grad = parameters[index].grad
                 if grad is not None:
                     parameter.grad = grad if parameter.grad is None else parameter.grad + grad
         self.optimizer.step()
-        from ._arrays import namespace_of
-
         xp = namespace_of(results[0][1])
         loss = results[0][0]
         for part_loss, _ in results[1:]:

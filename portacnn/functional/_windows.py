@@ -125,12 +125,15 @@ def scatter_taps(xp, shape, dtype, device, slices, tap_grads, *, disjoint=False)
     per-call overhead), else with ``array_api_extra.at``, which is an
     in-place update on mutable arrays and a functional one on JAX.
     """
+    tap_grads = list(tap_grads)
+    writable = writes_through_views(tap_grads[0])  # the accumulator below is of the same library
+    if not writable and disjoint and _tile_the_input(slices):
+        return _interleaved(xp, shape, tap_grads, slices)
     if shape[-1] is None:  # a lazy library's unknown batch: the zeros take it from a tap gradient
-        tap_grads = list(tap_grads)
         grad = full(xp, shape, 0, dtype=dtype, device=device, like=tap_grads[0])
     else:
         grad = xp.zeros(shape, dtype=dtype, device=device)
-    if writes_through_views(grad):
+    if writable:
         for (rows, cols), tap_grad in zip(slices, tap_grads):
             if disjoint:
                 grad[:, rows, cols, :] = tap_grad
@@ -138,9 +141,6 @@ def scatter_taps(xp, shape, dtype, device, slices, tap_grads, *, disjoint=False)
                 window = grad[:, rows, cols, :]
                 window += tap_grad
         return grad
-    tap_grads = list(tap_grads)
-    if disjoint and _tile_the_input(slices):
-        return _interleaved(xp, shape, tap_grads, slices)
     for (rows, cols), tap_grad in zip(slices, tap_grads):
         update = xpx.at(grad)[:, rows, cols, :]
         grad = update.set(tap_grad, xp=xp) if disjoint else update.add(tap_grad, xp=xp)
