@@ -22,6 +22,7 @@ given in :data:`OPTIONAL_DEFAULTS`. docs/backends.md has a worked example.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, Protocol
 
 import numpy
@@ -85,8 +86,13 @@ class Backend(Protocol):
     ``compiles_steps: bool`` [False]
         True where the library can compile a whole training step (forward,
         backward, update) into one function; then ``compile_step`` is required.
-    ``compile_step(function) -> function`` [required only with compiles_steps]
-        ``function`` compiled (``jax.jit``); same arguments and results.
+    ``compile_step(function, donate_argnums=()) -> function`` [required only with compiles_steps]
+        ``function`` compiled (``jax.jit``); same arguments and results. The
+        positional arguments listed in ``donate_argnums`` are never read
+        again by the caller, so the compiled function may reuse their arrays'
+        memory for its results (``jax.jit``'s donation); a library that
+        cannot may ignore it, and a plugin whose ``compile_step`` takes only
+        ``function`` is called without it.
     ``exports_dlpack(x) -> bool`` [False]
         Whether ``to_device`` may hand ``x`` to another library through
         DLPack. Host arrays say no: the host path costs the same copy, and
@@ -306,10 +312,21 @@ class PluginBackend:
         except Exception:  # noqa: BLE001 - an inspection API that rejects the device tells us nothing
             return False
 
-    def compile_step(self, function):
+    def compile_step(self, function, donate_argnums=()):
         if not self.compiles_steps:
             raise BackendError(f"backend {self.name!r} cannot compile a training step; run the step eagerly")
-        return self.wrapped.compile_step(function)
+        own = self.wrapped.compile_step
+        if donate_argnums and _accepts_keyword(own, "donate_argnums"):
+            return own(function, donate_argnums=donate_argnums)
+        return own(function)  # donation is an optimisation: without it every result is a new array
+
+
+def _accepts_keyword(function: Callable, keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: call it the plain way
+        return False
+    return keyword in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def lookup_device(

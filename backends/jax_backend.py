@@ -30,9 +30,12 @@ def _jax():
     return jax
 
 
-def compile_step(function):
-    """``function`` compiled with ``jax.jit``: traced once per input shape, then one XLA call per step."""
-    return _jax().jit(function)
+def compile_step(function, donate_argnums=()):
+    """``function`` compiled with ``jax.jit``: traced once per input shape, then one XLA call per step.
+
+    The arrays in the ``donate_argnums`` arguments are donated: XLA writes the
+    results into their memory (where shapes match) and deletes them."""
+    return _jax().jit(function, donate_argnums=tuple(donate_argnums))
 
 
 def is_available() -> bool:

@@ -21,12 +21,23 @@ schedule that changes them every step, such as OneCycleLR's momentum
 cycling, compiles every step and is better run with ``--no-compile``). Dropout draws its masks on
 the host, which a compiled step would freeze into constants, so models with
 active dropout are refused; train them eagerly (``--no-compile``).
+
+The training step updates the model in place, as PyTorch's optimizers do:
+the old parameter, buffer and optimizer-state arrays are donated to the
+compiled function, which writes the new values into their memory (JAX's
+``donate_argnums``) instead of allocating them anew each step. An array that
+anything outside the model and optimizer still refers to (a user's
+``w = layer.weight.data``, a graph recorded eagerly, one array shared by two
+parameters) is copied first and that copy donated, so what a caller holds
+stays readable and unchanged.
 """
 
 from __future__ import annotations
 
+import sys
 import weakref
 
+from ._arrays import namespace_of
 from .autograd import no_grad
 from .backends import get_backend, placement_of
 from .errors import UsageError
@@ -61,6 +72,24 @@ def _load_model_state(model, params, buffers):
         parameter.data = value
     for (_, buffer), value in zip(model.named_buffers(), buffers):
         buffer.data = value
+
+
+# References to a state array while ``_unshared`` looks at it when only the
+# model or optimizer holds it: its owner (a Parameter's ``data``, an optimizer's
+# state list), the list handed to ``_unshared``, the loop variable and
+# ``sys.getrefcount``'s own argument.
+_OWN_REFERENCES = 4
+
+
+def _unshared(arrays: list) -> list:
+    """``arrays`` with each one that something else also refers to replaced by a copy, so donating
+    the list deletes nothing anyone else will read (CPython's reference counts tell)."""
+    return [array if array is None or sys.getrefcount(array) <= _OWN_REFERENCES else _copy(array)
+            for array in arrays]
+
+
+def _copy(array):
+    return namespace_of(array).asarray(array, copy=True)
 
 
 class CompiledTrainStep:
@@ -99,7 +128,8 @@ class CompiledTrainStep:
         if compiled is None:
             def step_in_this_mode(*args):
                 return self._pure_step(mode, *args)
-            compiled = self._compiled_by_mode[mode] = self._compile(step_in_this_mode)
+            # Parameters, buffers and optimizer state (the first three arguments) are donated.
+            compiled = self._compiled_by_mode[mode] = self._compile(step_in_this_mode, donate_argnums=(0, 1, 2))
         return compiled(*arrays)
 
     def _optimizer_state(self):
@@ -138,10 +168,12 @@ class CompiledTrainStep:
         missed = list(getattr(optimizer, "_missed", ()))  # the trace's own counting is undone below
         try:
             new_params, new_buffers, new_optimizer_state, loss, logits = self._compiled(
+                _unshared(params), _unshared(buffers),
+                {name: _unshared(values) for name, values in optimizer_state.items()},
                 # Plain numbers are traced as weakly typed scalars (taking the parameters' dtype where
                 # they meet them): a new rate needs no new compilation, and unlike a fresh device
                 # array per call they cost no extra dispatch that waits for the previous step.
-                params, buffers, optimizer_state, [float(rate) for rate in rates], float(step_count), x, y)
+                [float(rate) for rate in rates], float(step_count), x, y)
         except BaseException:
             # Tracing ran the step on placeholders: put the real arrays back.
             _load_model_state(self.model, params, buffers)

@@ -212,3 +212,61 @@ def test_a_changed_momentum_compiles_a_new_step_and_is_used():
         runs.append(model)
     for (name, value), expected in zip(runs[1].state_dict().items(), runs[0].state_dict().values()):
         np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def _buffer_addresses(arrays):
+    return {array.unsafe_buffer_pointer() for array in arrays}
+
+
+def test_the_step_writes_its_results_into_the_old_arrays_memory():
+    model, optimizer, step, _ = _train(SGD, dict(lr=0.01, momentum=0.9), compiled=True, dtype="float32", sizes=(8,))
+    old = _buffer_addresses([p.data for p in model.parameters()] + optimizer.momentum_buffers)
+    step(*_batches("float32", (8,))[0])
+    assert _buffer_addresses([p.data for p in model.parameters()] + optimizer.momentum_buffers) == old
+
+
+def test_arrays_held_outside_the_model_stay_readable_and_unchanged():
+    runs = {}
+    for compiled in (False, True):
+        model, optimizer, step, _ = _train(SGD, dict(lr=0.01, momentum=0.9), compiled, sizes=(8,))
+        weight, momentum = model[0].weight.data, optimizer.momentum_buffers[0]
+        held = to_numpy(weight).copy(), to_numpy(momentum).copy()
+        x, y = _batches("float64", (8, 8))[1]
+        if step is not None:
+            step(x, y)
+            assert not weight.is_deleted() and not momentum.is_deleted()
+        else:
+            loss = nn.CrossEntropyLoss(check_labels=False)(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        np.testing.assert_array_equal(to_numpy(weight), held[0])
+        np.testing.assert_array_equal(to_numpy(momentum), held[1])
+        assert not np.array_equal(to_numpy(model[0].weight.data), held[0])
+        runs[compiled] = model
+    for (name, value), expected in zip(runs[True].state_dict().items(), runs[False].state_dict().values()):
+        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def test_two_parameters_given_one_array_train_as_eagerly():
+    # Donating the one array for both would fail ("donate the same buffer twice"); one of them gets a copy.
+    runs = []
+    for compiled in (False, True):
+        options = dict(rng=np.random.default_rng(0), dtype="float64", device="jax")
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10, **options), nn.Linear(10, 10, **options),
+                              nn.Linear(10, 10, **options))
+        model[3].weight.data = model[2].weight.data
+        optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss(check_labels=False)
+        step = CompiledTrainStep(model, loss_fn, optimizer) if compiled else None
+        for x, y in _batches("float64", (8, 8)):
+            if step is not None:
+                step(x, y)
+            else:
+                loss = loss_fn(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        runs.append(model)
+    for (name, value), expected in zip(runs[1].state_dict().items(), runs[0].state_dict().values()):
+        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-10, atol=1e-13, err_msg=name)

@@ -300,6 +300,32 @@ def test_a_registered_backend_never_gets_native_kernels(registry):
     assert native_kernels_for(torch.zeros(1)) is None
 
 
+def test_a_plugin_compile_step_gets_donate_argnums_only_if_it_takes_them(registry):
+    seen = {}
+
+    class Compiles(FakeBackend):
+        compiles_steps = True
+
+        def compile_step(self, function):  # the protocol's first form: no donation
+            seen["plain"] = function
+            return function
+
+    class Donates(FakeBackend):
+        compiles_steps = True
+
+        def compile_step(self, function, donate_argnums=()):
+            seen["donated"] = donate_argnums
+            return function
+
+    def step(a, b):
+        return a
+
+    registry.register("plain", Compiles())
+    registry.register("donates", Donates())
+    assert B.get_backend("plain").compile_step(step, donate_argnums=(0,)) is step and seen["plain"] is step
+    assert B.get_backend("donates").compile_step(step, donate_argnums=(0,)) is step and seen["donated"] == (0,)
+
+
 def test_registered_backend_moves_to_and_from_other_libraries(fake):
     host = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     for spec in ("torch:cpu", "jax:cpu", "array_api_strict:device1"):

@@ -203,7 +203,13 @@ def conv2d_backward_from_patches(xp, grad_out, cols, input_shape, weight, geomet
     check_grad(grad_out, cols, (n, out_channels, oh, ow), "conv2d_backward")
     grad = xp.reshape(batch_last(xp, grad_out), (out_channels, -1))
     grad_weight = conv2d_weight_grad(xp, grad, cols, weight.shape, geometry.groups)
-    grad_bias = xp.sum(grad, axis=1)
+    if fuses_ops(grad):
+        # XLA turns a sum over this batch-last view back into a sum over the NCHW output gradient,
+        # and first copies that gradient out in NCHW order (1.4 ms of a 10 ms LeNet step at batch 64);
+        # a matrix-vector product reads it where it lies.
+        grad_bias = xp.matmul(grad, xp.ones((grad.shape[1],), dtype=grad.dtype, device=device_of(grad)))
+    else:
+        grad_bias = xp.sum(grad, axis=1)
     if not input_grad:
         return None, grad_weight, grad_bias
     return batch_first(xp, conv2d_input_grad(xp, grad, input_shape, weight, geometry)), grad_weight, grad_bias
