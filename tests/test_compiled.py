@@ -1,5 +1,7 @@
 """Compiled training and eval steps (JAX): the same results as eager steps, compiled once per shape."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -270,3 +272,33 @@ def test_two_parameters_given_one_array_train_as_eagerly():
         runs.append(model)
     for (name, value), expected in zip(runs[1].state_dict().items(), runs[0].state_dict().values()):
         np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def test_xla_is_asked_to_run_cpu_kernels_one_at_a_time_unless_the_user_says_otherwise(monkeypatch):
+    import portacnn.backends.jax_backend as jax_backend
+
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler"
+    assert jax_backend._jaxlib_knows_flag(flag.lstrip("-"))
+    assert not jax_backend._jaxlib_knows_flag("xla_cpu_no_such_flag_anywhere")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    jax_backend._schedule_kernels_depth_first()
+    assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=1 {flag}=false"
+    monkeypatch.setenv("XLA_FLAGS", f"{flag}=true")  # the user's choice stands
+    jax_backend._schedule_kernels_depth_first()
+    assert os.environ["XLA_FLAGS"] == f"{flag}=true"
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr(jax_backend, "_jaxlib_knows_flag", lambda flag: False)  # XLA would abort on it
+    jax_backend._schedule_kernels_depth_first()
+    assert "XLA_FLAGS" not in os.environ
+
+
+def test_a_fresh_process_compiles_with_the_depth_first_schedule():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    script = ("import os, portacnn.backends as B; B.to_device(__import__('numpy').zeros(2), 'jax'); "
+              "print(os.environ['XLA_FLAGS'])")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "--xla_cpu_enable_concurrency_optimized_scheduler=false"
