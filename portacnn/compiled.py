@@ -74,18 +74,33 @@ def _load_model_state(model, params, buffers):
         buffer.data = value
 
 
-# References to a state array while ``_unshared`` looks at it when only the
-# model or optimizer holds it: its owner (a Parameter's ``data``, an optimizer's
-# state list), the list handed to ``_unshared``, the loop variable and
-# ``sys.getrefcount``'s own argument.
-_OWN_REFERENCES = 4
-
-
 def _unshared(arrays: list) -> list:
     """``arrays`` with each one that something else also refers to replaced by a copy, so donating
     the list deletes nothing anyone else will read (CPython's reference counts tell)."""
-    return [array if array is None or sys.getrefcount(array) <= _OWN_REFERENCES else _copy(array)
-            for array in arrays]
+    counts = _reference_counts(arrays)
+    return [array if array is None or count <= _OWN_REFERENCES else _copy(array)
+            for array, count in zip(arrays, counts)]
+
+
+def _reference_counts(arrays: list) -> list[int]:
+    getrefcount = getattr(sys, "getrefcount", None)
+    if getrefcount is None:  # no reference counts here: treat every array as shared (copied, never lost)
+        return [sys.maxsize] * len(arrays)
+    return [getrefcount(array) for array in arrays]
+
+
+def _count_own_references() -> int:
+    """What ``_reference_counts`` reports for an array that only its owner (a Parameter's ``data``, an
+    optimizer's state list) and the list handed to ``_unshared`` refer to: measured on a stand-in
+    through the same code, since how many references the interpreter itself holds meanwhile (the loop
+    variable, the call's argument) differs between Python versions."""
+    stand_in = object()
+    owner, handed_over = [stand_in], [stand_in]  # noqa: F841 - owner only has to be alive while counting
+    del stand_in
+    return _reference_counts(handed_over)[0]
+
+
+_OWN_REFERENCES = _count_own_references()
 
 
 def _copy(array):
