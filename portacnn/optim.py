@@ -282,7 +282,10 @@ class Optimizer:
                 else:
                     data = param.data
                     in_place = self.in_place and (self._updatable[index] is data or self._check_updatable(index, data))
-                    param.data = self._update(group, index, data, param.grad, in_place)
+                    updated = self._update(group, index, data, param.grad, in_place)
+                    if updated is data:  # written in place: a graph that kept this array is out of date
+                        param._version += 1
+                    param.data = updated
                 index += 1
         return loss
 

@@ -425,6 +425,43 @@ def test_backward_twice_raises_unless_the_graph_is_retained():
         np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-15)
 
 
+def test_backward_after_an_in_place_step_refuses_where_the_kept_weights_changed():
+    # PyTorch's version counters: the second backward would use the stepped weights with the old activations.
+    model = lenet(dtype="float64")
+    optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss = _loss(model)
+    loss.backward(retain_graph=True)
+    first = [p.grad.copy() for p in model.parameters()]
+    optimizer.step()
+    assert all(p._version == 1 for p in model.parameters())
+    with pytest.raises(UsageError, match=r"modified in place since .*backward\(\) before optimizer.step\(\)"):
+        loss.backward()
+    # Rebinding leaves the arrays the graph kept as they were: its gradients are still the forward's.
+    model = lenet(dtype="float64")
+    optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    optimizer.in_place = False
+    loss = _loss(model)
+    loss.backward(retain_graph=True)
+    optimizer.step()
+    assert all(p._version == 0 for p in model.parameters())
+    model.zero_grad()
+    loss.backward()
+    for p, g in zip(model.parameters(), first):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+def test_a_parameter_an_op_did_not_keep_may_change_before_backward():
+    # Addition keeps neither input, so its gradient does not depend on the bias's value (as in PyTorch).
+    weight, bias = nn.Parameter(np.ones((3, 3))), nn.Parameter(np.zeros(3))
+    out = (portacnn.tensor(np.eye(3)) @ weight + bias).sum()
+    bias.grad = np.ones(3)
+    SGD([bias], lr=1.0).step()
+    assert bias._version == 1
+    out.backward()
+    np.testing.assert_array_equal(bias.grad, np.ones(3) + 3.0)
+    np.testing.assert_array_equal(weight.grad, np.ones((3, 3)))
+
+
 def test_gradients_accumulate_across_backwards_until_zero_grad():
     model = lenet(dtype="float64")
     _loss(model, 0).backward()

@@ -99,6 +99,7 @@ class enable_grad(_GradModeSwitch):  # noqa: N801 - PyTorch's name
 def _new_tensor(data, requires_grad=False, node=None, output_index=0):
     t = object.__new__(Tensor)
     t.data, t.grad, t.requires_grad, t._node, t._output_index = data, None, requires_grad, node, output_index
+    t._version = 0
     return t
 
 
@@ -117,7 +118,9 @@ class Tensor(TapeValue):
     requires it. ``grad`` arrays are rebound, never written in place.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_node", "_output_index", "__weakref__")
+    # ``_version`` counts the writes into ``data`` in place (an optimizer's update on NumPy, CuPy,
+    # torch): a node that kept the array for its backward refuses to run once it has changed.
+    __slots__ = ("data", "grad", "requires_grad", "_node", "_output_index", "_version", "__weakref__")
 
     # NumPy must hand ``ndarray + Tensor`` to Tensor.__radd__ (recording the
     # op) instead of converting the Tensor through __array__.
@@ -134,6 +137,7 @@ class Tensor(TapeValue):
         self.grad = None
         self._node = None
         self._output_index = 0
+        self._version = 0
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -293,6 +297,8 @@ class Function:
     """
 
     needs_input_grad: tuple = ()
+    #: (leaf Tensor, its ``_version`` at the forward) for each leaf input whose array the node kept
+    _kept_leaf_versions: tuple = ()
 
     def forward(self, *inputs, **options):
         raise NotImplementedError(f"{type(self).__name__} must define forward(self, *inputs)")
@@ -335,6 +341,10 @@ class Function:
         outputs = node.forward(*arrays, **options)
         node._edges = edges
         node._input_shapes = [None if edge is None else array.shape for edge, array in zip(edges, arrays)]
+        for edge in edges:
+            if edge is not None and type(edge) is not tuple:  # a leaf (a parameter): see _kept_leaf_versions
+                node._kept_leaf_versions = _kept_leaf_versions(node, edges, arrays)
+                break
         if type(outputs) is tuple:
             node._output_count = len(outputs)
             return tuple(None if out is None else _new_tensor(out, True, node, index)
@@ -390,6 +400,28 @@ def trace_calls():
         yield calls
     finally:
         _grad_mode.trace = previous
+
+
+def _kept_leaf_versions(node, edges, arrays) -> tuple:
+    """(leaf, version) for each leaf input whose very array ``forward`` kept on the node (directly, or in
+    a tuple or list): only those make its backward wrong once written in place."""
+    kept = set()
+    for value in vars(node).values():
+        kept.add(id(value))
+        if type(value) in (tuple, list):
+            kept.update(id(item) for item in value)
+    return tuple((edge, edge._version) for edge, array in zip(edges, arrays)
+                 if edge is not None and type(edge) is not tuple and id(array) in kept)
+
+
+def _check_kept_leaves(node) -> None:
+    for leaf, version in node._kept_leaf_versions:
+        if leaf._version != version:
+            raise UsageError(
+                f"{type(node).__name__}.backward needs the array of a parameter of shape {leaf.shape} as the "
+                "forward saw it, but it has been modified in place since (an optimizer's step() updates "
+                "parameters in place); call backward() before optimizer.step(), or run the forward again "
+                "after the step")
 
 
 _FREED = "_freed"
@@ -489,6 +521,8 @@ def run_backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
             if not retain_graph:
                 _release(node)
             continue
+        if node._kept_leaf_versions:
+            _check_kept_leaves(node)
         input_grads = node.backward(*grads)
         edges, shapes = node._edges, node._input_shapes
         if type(input_grads) is not tuple:
