@@ -22,6 +22,24 @@ def _batches(dtype, sizes=(8, 8, 8)):
              to_device(rng.integers(0, 10, n).astype(np.int32), "jax")) for n in sizes]
 
 
+def _one_step(step, model, loss_fn, optimizer, x, y):
+    """One training step: the compiled ``step`` where there is one, else eagerly → the loss array."""
+    if step is not None:
+        loss, logits = step(x, y)
+        assert logits.shape == (x.shape[0], 10)
+        return loss
+    loss = loss_fn(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.data
+
+
+def _assert_same_state(model, expected_model, rtol=1e-10, atol=1e-13):
+    for (name, value), expected in zip(model.state_dict().items(), expected_model.state_dict().values()):
+        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=rtol, atol=atol, err_msg=name)
+
+
 def _train(optimizer_type, options, compiled, dtype="float64", sizes=(8, 8, 8)):
     model = lenet(seed=0, dtype=dtype, device="jax")
     optimizer = optimizer_type(model.parameters(), **options)
@@ -29,16 +47,7 @@ def _train(optimizer_type, options, compiled, dtype="float64", sizes=(8, 8, 8)):
     step = CompiledTrainStep(model, loss_fn, optimizer) if compiled else None
     losses = []
     for x, y in _batches(dtype, sizes):
-        if step is not None:
-            loss, logits = step(x, y)
-            assert logits.shape == (x.shape[0], 10)
-        else:
-            loss_tensor = loss_fn(model(x), y)
-            optimizer.zero_grad()
-            loss_tensor.backward()
-            optimizer.step()
-            loss = loss_tensor.data
-        losses.append(float(loss))
+        losses.append(float(_one_step(step, model, loss_fn, optimizer, x, y)))
     return model, optimizer, step, losses
 
 
@@ -51,8 +60,7 @@ def test_compiled_steps_equal_eager_steps(optimizer_type, options):
     eager_model, eager_optimizer, _, eager_losses = _train(optimizer_type, options, compiled=False)
     model, optimizer, step, losses = _train(optimizer_type, options, compiled=True)
     np.testing.assert_allclose(losses, eager_losses, rtol=1e-10)
-    for (name, value), expected in zip(model.state_dict().items(), eager_model.state_dict().values()):
-        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-10, atol=1e-13, err_msg=name)
+    _assert_same_state(model, eager_model)
     assert optimizer.step_count == eager_optimizer.step_count == 3 and isinstance(optimizer.step_count, int)
     assert isinstance(optimizer.lr, float)
     for name in optimizer._state_names:  # momentum buffers / moments come back as concrete arrays
@@ -181,18 +189,11 @@ def test_freezing_and_unfreezing_a_layer_between_compiled_steps_matches_eager():
         step = CompiledTrainStep(model, loss_fn, optimizer) if compiled else None
         for index, (x, y) in enumerate(_batches("float64", (8, 8, 8, 8))):
             model[0].requires_grad_(index not in (1, 2))  # the first conv is frozen for steps 1 and 2
-            if step is not None:
-                step(x, y)
-            else:
-                loss = loss_fn(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            _one_step(step, model, loss_fn, optimizer, x, y)
         runs.append((model, optimizer))
     (eager, eager_optimizer), (model, optimizer) = runs
     assert optimizer._missed == eager_optimizer._missed
-    for (name, value), expected in zip(model.state_dict().items(), eager.state_dict().values()):
-        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-9, atol=1e-12, err_msg=name)
+    _assert_same_state(model, eager, rtol=1e-9, atol=1e-12)
 
 
 def test_a_changed_momentum_compiles_a_new_step_and_is_used():
@@ -204,16 +205,9 @@ def test_a_changed_momentum_compiles_a_new_step_and_is_used():
         step = CompiledTrainStep(model, loss_fn, optimizer) if compiled else None
         for index, (x, y) in enumerate(_batches("float64", (8, 8, 8))):
             optimizer.param_groups[0]["momentum"] = 0.9 if index < 2 else 0.5
-            if step is not None:
-                step(x, y)
-            else:
-                loss = loss_fn(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            _one_step(step, model, loss_fn, optimizer, x, y)
         runs.append(model)
-    for (name, value), expected in zip(runs[1].state_dict().items(), runs[0].state_dict().values()):
-        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-9, atol=1e-12, err_msg=name)
+    _assert_same_state(runs[1], runs[0], rtol=1e-9, atol=1e-12)
 
 
 def _buffer_addresses(arrays):
@@ -234,20 +228,13 @@ def test_arrays_held_outside_the_model_stay_readable_and_unchanged():
         weight, momentum = model[0].weight.data, optimizer.momentum_buffers[0]
         held = to_numpy(weight).copy(), to_numpy(momentum).copy()
         x, y = _batches("float64", (8, 8))[1]
-        if step is not None:
-            step(x, y)
-            assert not weight.is_deleted() and not momentum.is_deleted()
-        else:
-            loss = nn.CrossEntropyLoss(check_labels=False)(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        _one_step(step, model, nn.CrossEntropyLoss(check_labels=False), optimizer, x, y)
+        assert not weight.is_deleted() and not momentum.is_deleted()
         np.testing.assert_array_equal(to_numpy(weight), held[0])
         np.testing.assert_array_equal(to_numpy(momentum), held[1])
         assert not np.array_equal(to_numpy(model[0].weight.data), held[0])
         runs[compiled] = model
-    for (name, value), expected in zip(runs[True].state_dict().items(), runs[False].state_dict().values()):
-        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-10, atol=1e-13, err_msg=name)
+    _assert_same_state(runs[True], runs[False])
 
 
 def test_two_parameters_given_one_array_train_as_eagerly():
@@ -262,16 +249,9 @@ def test_two_parameters_given_one_array_train_as_eagerly():
         loss_fn = nn.CrossEntropyLoss(check_labels=False)
         step = CompiledTrainStep(model, loss_fn, optimizer) if compiled else None
         for x, y in _batches("float64", (8, 8)):
-            if step is not None:
-                step(x, y)
-            else:
-                loss = loss_fn(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            _one_step(step, model, loss_fn, optimizer, x, y)
         runs.append(model)
-    for (name, value), expected in zip(runs[1].state_dict().items(), runs[0].state_dict().values()):
-        np.testing.assert_allclose(to_numpy(value), to_numpy(expected), rtol=1e-10, atol=1e-13, err_msg=name)
+    _assert_same_state(runs[1], runs[0])
 
 
 def test_xla_is_asked_to_run_cpu_kernels_one_at_a_time_unless_the_user_says_otherwise(monkeypatch):
