@@ -37,7 +37,7 @@ imports_dlpack = True  # to_device may build its arrays with from_dlpack (see _b
 # independent ones side by side ("concurrency-optimized"). A training step's
 # kernels are mostly matrix products that each use every core already, so
 # side by side they only fight over the cores: scheduled depth-first, LeNet's
-# compiled step at batch 64 took about 8.5 ms instead of 10 on 2 cores
+# compiled step at batch 64 took about 8 ms instead of 10 on 2 cores
 # (benchmarks/README.md, "JAX: compiled steps"). The schedule is an XLA flag,
 # read once, from XLA_FLAGS, when JAX first compiles; per-function compiler
 # options do not reach it.
