@@ -63,15 +63,18 @@ def _active_dropout(model) -> bool:
     return any(isinstance(m, Dropout) and m.p > 0 for m in model.modules())
 
 
-def _model_state(model):
-    return [p.data for p in model.parameters()], [b.data for _, b in model.named_buffers()]
+def _state_holders(model):
+    """The model's parameters and buffers: what holds each array a compiled function takes and gives back."""
+    return model.parameters(), [buffer for _, buffer in model.named_buffers()]
 
 
-def _load_model_state(model, params, buffers):
-    for parameter, value in zip(model.parameters(), params):
-        parameter.data = value
-    for (_, buffer), value in zip(model.named_buffers(), buffers):
-        buffer.data = value
+def _arrays_of(holders) -> list:
+    return [holder.data for holder in holders]
+
+
+def _put_arrays(holders, arrays) -> None:
+    for holder, array in zip(holders, arrays):
+        holder.data = array
 
 
 def _unshared(arrays: list) -> list:
@@ -134,11 +137,10 @@ class CompiledTrainStep:
                          for group in self.optimizer.param_groups)
         return self.model.training, tuple(p.requires_grad for p in self.optimizer.params), settings
 
-    def _compiled(self, *arrays):
+    def _compiled(self, mode, *arrays):
         # Each mode gets its own function (JAX caches traces by function, not
         # by our flags), so switching eval() or freezing a layer never reuses
         # a trace made for another mode.
-        mode = self._mode()
         compiled = self._compiled_by_mode.get(mode)
         if compiled is None:
             def step_in_this_mode(*args):
@@ -159,7 +161,9 @@ class CompiledTrainStep:
             group["lr"] = rate
 
     def _pure_step(self, mode, params, buffers, optimizer_state, rates, step_count, x, y):
-        _load_model_state(self.model, params, buffers)
+        parameters, buffer_holders = _state_holders(self.model)
+        _put_arrays(parameters, params)
+        _put_arrays(buffer_holders, buffers)
         self._load_optimizer_state(optimizer_state)
         # The groups' rates and the step count are traced arrays, so a
         # scheduler's new rate or Adam's bias correction needs no new compilation.
@@ -171,19 +175,20 @@ class CompiledTrainStep:
         loss.backward()
         self._without_grad[mode] = [i for i, p in enumerate(self.optimizer.params) if p.grad is None]
         self.optimizer.step()
-        params, buffers = _model_state(self.model)
-        return params, buffers, self._optimizer_state(), loss.data, logits.data
+        return _arrays_of(parameters), _arrays_of(buffer_holders), self._optimizer_state(), loss.data, logits.data
 
     def __call__(self, x, y):
         optimizer = self.optimizer
         rates = [group["lr"] for group in optimizer.param_groups]
         step_count = optimizer.step_count
-        params, buffers = _model_state(self.model)
+        mode = self._mode()
+        parameters, buffer_holders = _state_holders(self.model)  # walked once a step: this is the hot path
+        params, buffers = _arrays_of(parameters), _arrays_of(buffer_holders)
         optimizer_state = self._optimizer_state()
         missed = list(getattr(optimizer, "_missed", ()))  # the trace's own counting is undone below
         try:
             new_params, new_buffers, new_optimizer_state, loss, logits = self._compiled(
-                _unshared(params), _unshared(buffers),
+                mode, _unshared(params), _unshared(buffers),
                 {name: _unshared(values) for name, values in optimizer_state.items()},
                 # Plain numbers are traced as weakly typed scalars (taking the parameters' dtype where
                 # they meet them): a new rate needs no new compilation, and unlike a fresh device
@@ -191,7 +196,8 @@ class CompiledTrainStep:
                 [float(rate) for rate in rates], float(step_count), x, y)
         except BaseException:
             # Tracing ran the step on placeholders: put the real arrays back.
-            _load_model_state(self.model, params, buffers)
+            _put_arrays(parameters, params)
+            _put_arrays(buffer_holders, buffers)
             self._load_optimizer_state(optimizer_state)
             raise
         finally:
@@ -200,12 +206,13 @@ class CompiledTrainStep:
             if missed:
                 optimizer._missed = missed
             self.optimizer.zero_grad()
-        _load_model_state(self.model, new_params, new_buffers)
+        _put_arrays(parameters, new_params)
+        _put_arrays(buffer_holders, new_buffers)
         self._load_optimizer_state(new_optimizer_state)
         optimizer.step_count = step_count + 1
         if getattr(optimizer, "_counts_steps", False):
             # A parameter without a gradient sat this step out, as in an eager step.
-            for index in self._without_grad[self._mode()]:
+            for index in self._without_grad[mode]:
                 optimizer._missed[index] += 1
         return loss, logits
 
@@ -218,7 +225,9 @@ class _CompiledForward:
         self._compile = get_backend(placement.backend).compile_step
 
     def _pure_forward(self, params, buffers, x):
-        _load_model_state(self.model, params, buffers)
+        parameters, buffer_holders = _state_holders(self.model)
+        _put_arrays(parameters, params)
+        _put_arrays(buffer_holders, buffers)
         with no_grad():
             return self.model(x).data
 
@@ -228,11 +237,13 @@ class _CompiledForward:
             def forward_in_this_mode(params, buffers, x):  # a function per mode: see CompiledTrainStep._compiled
                 return self._pure_forward(params, buffers, x)
             self._compiled[mode] = self._compile(forward_in_this_mode)
-        params, buffers = _model_state(self.model)
+        parameters, buffer_holders = _state_holders(self.model)
+        params, buffers = _arrays_of(parameters), _arrays_of(buffer_holders)
         try:
             return self._compiled[mode](params, buffers, x)
-        finally:
-            _load_model_state(self.model, params, buffers)
+        finally:  # tracing put placeholders in
+            _put_arrays(parameters, params)
+            _put_arrays(buffer_holders, buffers)
 
 
 _FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
