@@ -226,14 +226,15 @@ def portacnn_train_step(model, spec: str, host_batches, lr=LR, momentum=MOMENTUM
     optimizer = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     next_batch = cycler([(to_device(x, spec), to_device(y, spec)) for x, y in host_batches])
     model.train()
-    compiled = CompiledTrainStep(model, loss_fn, optimizer) if compile_steps and can_compile(model) else None
-    if compiled is None and split_threads > 1:
-        compiled = ThreadedTrainStep(model, loss_fn, optimizer, threads=split_threads)
+    # One call does forward, backward and update, as in portacnn.training (compiled, or split across threads).
+    whole_step = CompiledTrainStep(model, loss_fn, optimizer) if compile_steps and can_compile(model) else None
+    if whole_step is None and split_threads > 1:
+        whole_step = ThreadedTrainStep(model, loss_fn, optimizer, threads=split_threads)
 
     def step():
         x, y = next_batch()
-        if compiled is not None:
-            compiled(x, y)
+        if whole_step is not None:
+            whole_step(x, y)
             return
         loss = loss_fn(model(x), y)
         optimizer.zero_grad()
