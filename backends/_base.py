@@ -22,11 +22,11 @@ given in :data:`OPTIONAL_DEFAULTS`. docs/backends.md has a worked example.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Mapping, Protocol
 
 import numpy
 
+from portacnn._signatures import accepts_keyword
 from portacnn.errors import BackendError
 
 
@@ -316,17 +316,10 @@ class PluginBackend:
         if not self.compiles_steps:
             raise BackendError(f"backend {self.name!r} cannot compile a training step; run the step eagerly")
         own = self.wrapped.compile_step
-        if donate_argnums and _accepts_keyword(own, "donate_argnums"):
+        if donate_argnums and accepts_keyword(own, "donate_argnums", if_unknown=False):
             return own(function, donate_argnums=donate_argnums)
         return own(function)  # donation is an optimisation: without it every result is a new array
 
-
-def _accepts_keyword(function: Callable, keyword: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # a builtin without a signature: call it the plain way
-        return False
-    return keyword in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def lookup_device(

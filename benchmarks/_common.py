@@ -28,10 +28,9 @@ def str_list(text: str) -> list[str]:
 
 
 def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    from portacnn.threaded import default_threads  # the count `portacnn train` splits batches by
+
+    return default_threads()
 
 
 # --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import functools
 import inspect
 import json
 
+from .._signatures import accepts_keyword
 from ..errors import ArgumentError, CheckpointError
 from ..nn.module import RECORDS_ARGUMENTS
 
@@ -116,13 +117,8 @@ def create(name: str, *, dtype=None, device=None, **kwargs):
     """Build architecture ``name`` with ``kwargs`` (plus ``dtype``/``device`` where given); the model records them."""
     entry = _entry(name)
     factory = entry.factory
-    try:
-        parameters = inspect.signature(factory).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    except (TypeError, ValueError):
-        parameters, takes_any = {}, True
     placement = {key: value for key, value in (("dtype", dtype), ("device", device)) if value is not None}
-    passed = {k: v for k, v in placement.items() if takes_any or k in parameters}
+    passed = {k: v for k, v in placement.items() if accepts_keyword(factory, k, if_unknown=True)}
     model = factory(**kwargs, **passed)
     if len(passed) < len(placement):  # the factory cannot place its weights: move them afterwards
         model.to(device, dtype=dtype)
